@@ -1,0 +1,13 @@
+"""Forward operators (installed as ``idm_med.operators``).
+
+Every operator honours the contract in :mod:`idm_med.operators.base` and is built by
+name through :func:`make_operator`.
+"""
+
+from .base import Operator
+from .registry import OPERATORS, available_operators, make_operator, register_operator
+
+# Importing the modules registers their operators.
+from . import gaussian_cs, inpainting, super_resolution  # noqa: E402,F401  isort: skip
+
+__all__ = ["OPERATORS", "Operator", "available_operators", "make_operator", "register_operator"]

@@ -1,0 +1,170 @@
+"""The operator contract (operators/base.py), checked for every registered operator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from idm_med.operators import OPERATORS, available_operators, make_operator
+
+from .operator_cases import ITERATIVE_PINV, OPERATOR_CASES, build, operator_cases
+
+CASES = operator_cases()
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def random_pair(op, batch: int = 2, dtype=torch.float64):
+    x = torch.randn(batch, *op.image_shape, dtype=dtype)
+    y = torch.randn(batch, *op.measurement_shape, dtype=dtype)
+    return x, y
+
+
+def test_every_operator_has_a_test_case():
+    assert set(available_operators()) <= set(OPERATOR_CASES), (
+        "add small kwargs for new operators to tests/conftest.py"
+    )
+    assert {"gaussian_cs", "inpainting", "superres"} <= set(available_operators())
+
+
+@pytest.mark.parametrize("name,kwargs", CASES)
+def test_adjoint_dot_product(name, kwargs):
+    op = build(name, kwargs)
+    x, y = random_pair(op)
+    lhs = (op.A(x) * y).sum()
+    rhs = (x * op.At(y)).sum()
+    assert abs(float(lhs - rhs)) <= 1e-10 * float(op.A(x).norm() * y.norm())
+
+
+@pytest.mark.parametrize("name,kwargs", CASES)
+def test_pseudo_inverse_identities(name, kwargs):
+    """Penrose: A A† A = A, and A† y lies in the row space (A†A A† y = A† y)."""
+    op = build(name, kwargs)
+    x, _ = random_pair(op)
+    y = op.A(x)
+    x_pinv = op.A_pinv(y)
+    assert rel_err(op.A(x_pinv), y) < 1e-5
+    assert rel_err(op.AtA(x_pinv), x_pinv) < 1e-5
+
+
+@pytest.mark.parametrize("name,kwargs", CASES)
+def test_pinv_float32_accuracy(name, kwargs):
+    op = build(name, kwargs, torch.float32)
+    x, _ = random_pair(op, dtype=torch.float32)
+    y = op.A(x)
+    tol = 1e-3 if name in ITERATIVE_PINV else 1e-5
+    assert rel_err(op.A(op.A_pinv(y)), y) < tol
+
+
+@pytest.mark.parametrize("name,kwargs", CASES)
+def test_AtA_is_an_orthogonal_projection(name, kwargs):
+    op = build(name, kwargs)
+    x, _ = random_pair(op)
+    z = torch.randn_like(x)
+    p = op.AtA(x)
+    assert rel_err(op.AtA(p), p) < 1e-5  # idempotent
+    lhs, rhs = (p * z).sum(), (x * op.AtA(z)).sum()  # symmetric
+    assert abs(float(lhs - rhs)) <= 1e-5 * float(x.norm() * z.norm())
+    assert rel_err(op.AtA(x), op.A_pinv(op.A(x))) < 1e-12
+
+
+@pytest.mark.parametrize("name,kwargs", CASES)
+def test_gradients_flow_through_every_method(name, kwargs):
+    op = build(name, kwargs)
+    x, y = random_pair(op)
+    for method, inp in [("A", x), ("At", y), ("A_pinv", y), ("AtA", x)]:
+        inp = inp.clone().requires_grad_(True)
+        out = getattr(op, method)(inp)
+        w = torch.randn_like(out)
+        (grad,) = torch.autograd.grad((out * w).sum(), inp)
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0, method
+
+
+@pytest.mark.parametrize("name,kwargs", CASES)
+def test_linear_gradients_are_adjoints(name, kwargs):
+    """The gradient of <A x, w> w.r.t. x is Aᵀ w, and of <A† y, w> w.r.t. y is (A†)ᵀ w."""
+    op = build(name, kwargs)
+    x, y = random_pair(op)
+    w = torch.randn(1, *op.measurement_shape, dtype=torch.float64).expand_as(y)
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad((op.A(xg) * w).sum(), xg)
+    assert rel_err(g, op.At(w)) < 1e-10
+    # (A†)ᵀ checked by the dot-product identity <A† y, v> = <y, (A†)ᵀ v>.
+    v = torch.randn_like(x)
+    yg = y.clone().requires_grad_(True)
+    (gy,) = torch.autograd.grad((op.A_pinv(yg) * v).sum(), yg)
+    lhs, rhs = (op.A_pinv(y) * v).sum(), (y * gy).sum()
+    assert abs(float(lhs - rhs)) <= 1e-5 * float(y.norm() * v.norm())
+
+
+@pytest.mark.parametrize("name,kwargs", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtype_and_device_preserved(name, kwargs, dtype):
+    op = build(name, kwargs, dtype)
+    for buf in op.buffers():
+        if buf.is_floating_point():
+            assert buf.dtype == dtype
+    x, y = random_pair(op, dtype=dtype)
+    for out in (op.A(x), op.At(y), op.A_pinv(y), op.AtA(x)):
+        assert out.dtype == dtype and out.device == x.device
+    assert op.A(x).shape == (2, *op.measurement_shape)
+    assert op.A_pinv(y).shape == (2, *op.image_shape)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name,kwargs", CASES)
+def test_cuda_matches_cpu(name, kwargs):
+    op = build(name, kwargs, torch.float32)
+    x, y = random_pair(op, dtype=torch.float32)
+    op_gpu = build(name, kwargs, torch.float32).cuda()
+    for method, inp in [("A", x), ("At", y), ("A_pinv", y)]:
+        out = getattr(op_gpu, method)(inp.cuda())
+        assert out.device.type == "cuda"
+        assert rel_err(out.cpu(), getattr(op, method)(inp)) < 1e-3
+
+
+@pytest.mark.parametrize("name,kwargs", CASES)
+def test_config_round_trip(name, kwargs):
+    op = make_operator(name, **kwargs)
+    assert op.config["name"] == name
+    rebuilt = make_operator(**op.config)
+    assert rebuilt.config.keys() == op.config.keys()
+    state, state2 = op.state_dict(), rebuilt.state_dict()
+    assert state.keys() == state2.keys()
+    for key in state:
+        assert torch.equal(state[key], state2[key]), key
+    x = torch.randn(1, *op.image_shape)
+    assert torch.equal(op.A(x), rebuilt.A(x))
+
+
+@pytest.mark.parametrize("name,kwargs", CASES)
+def test_bad_input_raises_value_error(name, kwargs):
+    op = build(name, kwargs)
+    x, y = random_pair(op)
+    wrong = torch.randn(2, *[s + 1 for s in op.image_shape], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"x must have image shape \(B, "):
+        op.A(wrong)
+    with pytest.raises(ValueError, match="y must have measurement shape"):
+        op.A_pinv(y[:, :1, ..., :1])
+    with pytest.raises(ValueError, match="x must have image shape"):
+        op.A(x[0])  # missing batch dimension
+    with pytest.raises(ValueError, match="real floating-point"):
+        op.A(x.to(torch.int64))
+    with pytest.raises(ValueError, match="real floating-point"):
+        op.At(y.to(torch.complex128))
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        op.A(bad)
+    bad_y = y.clone().flatten()
+    bad_y[0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        op.A_pinv(bad_y.reshape(y.shape))
+
+
+def test_unknown_operator_name():
+    with pytest.raises(ValueError, match="unknown operator name 'nope'"):
+        make_operator("nope")
+    assert all(cls.name == key for key, cls in OPERATORS.items())
