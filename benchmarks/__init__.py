@@ -1,0 +1,1 @@
+"""Benchmark suites of idm-med: ``python -m benchmarks NAME`` from the repository root."""

@@ -1,0 +1,106 @@
+"""Time A, At and A_pinv of every operator: ``python -m benchmarks operators``.
+
+The figure that matters for IDM is ``A_pinv / A``: every unrolled step pays one ``A`` and
+one ``A_pinv`` in the range–null-space projection, plus ``A`` + ``A_pinv`` (= AtA) per
+injector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+from torch.utils.benchmark import Timer
+
+from benchmarks.machine import describe_machine
+from idm_med.operators import available_operators, make_operator
+
+logger = logging.getLogger(__name__)
+RESULTS = Path(__file__).parent / "results"
+
+
+def benchmark_cases(size: int) -> dict[str, dict]:
+    """Realistic settings per operator at image size ``size``."""
+    cases = {
+        "gaussian_cs": dict(image_size=size, ratio=0.1, block_size=32),
+        "inpainting": dict(image_size=size, missing_ratio=0.5),
+        "superres": dict(image_size=size, factor=4),
+        "mri": dict(image_size=size, acceleration=4, center_fraction=0.08),
+        "ct": dict(image_size=size, n_views=60),
+    }
+    return {name: kw for name, kw in cases.items() if name in available_operators()}
+
+
+def time_call(fn, arg, min_run_time: float) -> float:
+    """Median seconds per call (torch.utils.benchmark handles warm-up and threads)."""
+    timer = Timer(stmt="fn(arg)", globals={"fn": fn, "arg": arg})
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def run(sizes: list[int], batches: list[int], min_run_time: float) -> list[dict]:
+    rows = []
+    for size in sizes:
+        for name, kwargs in benchmark_cases(size).items():
+            op = make_operator(name, **kwargs)
+            for batch in batches:
+                x = torch.rand(batch, *op.image_shape)
+                y = op.A(x)
+                with torch.no_grad():
+                    times = {
+                        m: time_call(getattr(op, m), arg, min_run_time)
+                        for m, arg in (("A", x), ("At", y), ("A_pinv", y))
+                    }
+                row = dict(operator=name, size=size, batch=batch, **times)
+                row["ratio"] = times["A_pinv"] / times["A"]
+                logger.info(
+                    "%-12s %4d² B=%d  A %.4fs  At %.4fs  A_pinv %.4fs  A_pinv/A %.1f",
+                    name,
+                    size,
+                    batch,
+                    times["A"],
+                    times["At"],
+                    times["A_pinv"],
+                    row["ratio"],
+                )
+                rows.append(row)
+    return rows
+
+
+def to_markdown(rows: list[dict], command: str) -> str:
+    lines = [
+        "# Operator timings",
+        "",
+        f"Regenerate with `{command}`.",
+        "",
+        f"Machine: {describe_machine()}",
+        "",
+        "Median seconds per call (no autograd), float32. `A_pinv / A` is the cost the IDM core",
+        "pays per range–null-space step relative to one forward.",
+        "",
+        "| operator | size | batch | A (s) | At (s) | A_pinv (s) | A_pinv / A |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['operator']} | {r['size']}² | {r['batch']} | {r['A']:.2e} | {r['At']:.2e} "
+            f"| {r['A_pinv']:.2e} | {r['ratio']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks operators", description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 320])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument(
+        "--min-run-time", type=float, default=0.5, help="seconds of repeated calls per measurement"
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS / "operators.md")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    rows = run(args.sizes, args.batches, args.min_run_time)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(to_markdown(rows, "python -m benchmarks operators"))
+    logger.info("wrote %s", args.output)
