@@ -1,0 +1,554 @@
+r"""Reversible additive couplings: IDM's level-1 (across steps) and level-2 (inside blocks).
+
+Forward
+-------
+Given functions :math:`f_0, \dots, f_{K-1}` that map a tensor to a tensor of the same shape,
+coupling weights :math:`v \in (0, 1)^K` with :math:`u_i = 1 - v_i`, and two streams
+:math:`x_0, h_0`, one coupled step is
+
+.. math::
+
+    x_{i+1} = u_i\, f_i(x_i) + v_i\, h_i, \qquad h_{i+1} = x_i ,
+
+and :func:`coupled_sequence` returns :math:`(x_K, h_K)`. In IDM, level 1 uses the sampling
+steps :math:`F_t` as the :math:`f_i`; level 2 uses the same-shape modules of a UNet block
+(resnet, injector, attention, injector), with both streams started from the block input.
+
+Inverse
+-------
+Each step is invertible whatever :math:`f_i` is:
+
+.. math::
+
+    x_i = h_{i+1}, \qquad h_i = \bigl(x_{i+1} - u_i\, f_i(x_i)\bigr) / v_i .
+
+The division by :math:`v_i` amplifies round-off: an error :math:`\delta` in
+:math:`(x_{i+1}, x_i)` becomes roughly :math:`(1 + u_i \lVert J_{f_i} \rVert)\,\delta / v_i` in
+:math:`h_i`, and the errors compound over the K steps (about :math:`v^{-K}` in the worst
+case). Hence :math:`v` is validated to lie strictly in :math:`(0, 1)` and
+:class:`ReversibleBlockGroup` keeps it in :math:`[v_{min}, 1 - v_{min}]`.
+:func:`invert_sequence` / :func:`inverse_reconstruction_error` measure this error.
+
+Gradients
+---------
+With :math:`g_x, g_h` the gradients of the loss with respect to :math:`(x_{i+1}, h_{i+1})`
+and :math:`J_x, J_\theta` the Jacobians of :math:`f_i` with respect to its input and to the
+parameters :math:`\theta`:
+
+.. math::
+
+    \partial x_i &= g_h + J_x^\top (u_i\, g_x), \qquad \partial h_i = v_i\, g_x, \\
+    \partial v_i &= \langle g_x,\; h_i - f_i(x_i) \rangle, \qquad
+    \partial \theta \mathrel{+}= J_\theta^\top (u_i\, g_x) .
+
+Why
+---
+Ordinary autograd stores every activation of every :math:`f_i`, so training memory grows
+linearly in K. In ``mode="reversible"`` the forward pass runs without a graph and keeps
+only :math:`(x_K, h_K)`; the backward pass walks the steps in reverse, rebuilds
+:math:`(x_i, h_i)` with the inverse above, recomputes :math:`f_i(x_i)` with grad enabled and
+back-propagates one step at a time, so activation memory is O(1) in K (one step's graph at
+a time) for about one extra forward pass of compute. ``mode="checkpoint"`` stores the K
+step inputs instead (O(K) tensors, no round-off); ``mode="autograd"`` stores everything.
+
+Assumptions of the reversible mode
+----------------------------------
+* The functions are deterministic given their input and the RNG state. The RNG state
+  (CPU, and CUDA for CUDA inputs) is recorded before every step and restored when the step
+  is recomputed, as ``torch.utils.checkpoint`` does with ``preserve_rng_state``, so
+  functions that draw random numbers from the global generators still recompute exactly;
+  anything else that changes between the passes (module state, batch-norm running
+  statistics in training mode, data-dependent non-determinism) gives wrong gradients.
+  ``check_recompute=True`` compares a per-step fingerprint and warns on a mismatch.
+  The autocast state of the forward pass is re-entered for the recomputation too.
+* Every tensor that requires grad and is used by the functions must be in ``params``;
+  other captured tensors (e.g. the measurement term ``A† y``) are treated as constants.
+* Double backward (``create_graph=True``) is not supported.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.utils.checkpoint import checkpoint
+
+logger = logging.getLogger(__name__)
+
+TensorFn = Callable[[torch.Tensor], torch.Tensor]
+MODES = ("autograd", "checkpoint", "reversible")
+
+__all__ = [
+    "MODES",
+    "ReversibleBlockGroup",
+    "constrained_unit_interval",
+    "constrained_unit_interval_inverse",
+    "coupled_sequence",
+    "forward_states",
+    "invert_sequence",
+    "inverse_reconstruction_error",
+]
+
+
+# --------------------------------------------------------------------------------------
+# Constrained parameterisation
+# --------------------------------------------------------------------------------------
+def constrained_unit_interval(raw: torch.Tensor, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+    r"""Maps an unconstrained tensor into ``[lo, hi]``: :math:`lo + (hi - lo)\,\sigma(raw)`.
+
+    Used for the coupling weights :math:`v_t \in [v_{min}, 1 - v_{min}]` and the learnable
+    schedule :math:`\alpha_t \in (0, 1)`. Elementwise; the output has the shape of ``raw``.
+    """
+    _check_bounds(lo, hi)
+    return lo + (hi - lo) * torch.sigmoid(raw)
+
+
+def constrained_unit_interval_inverse(
+    value: torch.Tensor | float, lo: float = 0.0, hi: float = 1.0
+) -> torch.Tensor:
+    r"""Inverse of :func:`constrained_unit_interval`: :math:`\mathrm{logit}((value-lo)/(hi-lo))`.
+
+    For initialisation, e.g. ``v = 0.5`` in ``[0.05, 0.95]`` gives ``raw = 0``. ``value``
+    must lie strictly inside ``(lo, hi)`` (ValueError otherwise), since the ends map to
+    :math:`\pm\infty`. Returns a tensor of the shape of ``value`` (float64 for a Python float).
+    """
+    _check_bounds(lo, hi)
+    value = torch.as_tensor(value, dtype=None if torch.is_tensor(value) else torch.float64)
+    if not bool(((value > lo) & (value < hi)).all()):
+        raise ValueError(f"value must lie strictly inside ({lo}, {hi}), got {value}")
+    return torch.logit((value - lo) / (hi - lo))
+
+
+def _check_bounds(lo: float, hi: float) -> None:
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"need finite lo < hi, got lo={lo}, hi={hi}")
+
+
+# --------------------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------------------
+def _validate(
+    functions: Sequence[TensorFn], v: torch.Tensor, x: torch.Tensor, h: torch.Tensor, mode: str
+) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if len(functions) == 0:
+        raise ValueError("functions must hold at least one step (K >= 1)")
+    if not torch.is_tensor(v) or v.shape != (len(functions),):
+        shape = tuple(v.shape) if torch.is_tensor(v) else type(v).__name__
+        raise ValueError(f"v must be a tensor of shape (K,) = ({len(functions)},), got {shape}")
+    with torch.no_grad():
+        inside = bool(((v > 0) & (v < 1)).all())  # False for NaN as well
+    if not inside:
+        raise ValueError(
+            f"v must lie strictly in (0, 1) (the inverse divides by v), got {v.tolist()}"
+        )
+    if x.shape != h.shape:
+        raise ValueError(f"h must have the shape of x {tuple(x.shape)}, got {tuple(h.shape)}")
+
+
+def _apply_f(f: TensorFn, x: torch.Tensor, i: int) -> torch.Tensor:
+    """Calls ``f_i(x)`` and checks the output keeps the shape of ``x``."""
+    fx = f(x)
+    if fx.shape != x.shape:
+        raise ValueError(
+            f"functions[{i}] must return the shape of its input {tuple(x.shape)}, "
+            f"got {tuple(fx.shape)}"
+        )
+    return fx
+
+
+def _unique_params(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Drops repeated tensors: each slot of ``Function.apply`` would receive the full grad."""
+    seen: set[int] = set()
+    out: list[torch.Tensor] = []
+    for p in params:
+        if not torch.is_tensor(p):
+            raise TypeError(f"params must be tensors, got {type(p).__name__}")
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def _plain_loop(
+    functions: Sequence[TensorFn], v: torch.Tensor, x: torch.Tensor, h: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    for i, f in enumerate(functions):
+        x, h = (1 - v[i]) * _apply_f(f, x, i) + v[i] * h, x
+    return x, h
+
+
+# --------------------------------------------------------------------------------------
+# RNG bookkeeping (same idea as torch.utils.checkpoint's preserve_rng_state)
+# --------------------------------------------------------------------------------------
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _restore_rng(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _fingerprint(t: torch.Tensor) -> torch.Tensor:
+    """A cheap per-step summary used by ``check_recompute`` (0-d float64 tensor)."""
+    return torch.linalg.vector_norm(t.detach().double())
+
+
+# --------------------------------------------------------------------------------------
+# The reversible autograd Function
+# --------------------------------------------------------------------------------------
+class _ReversibleCoupling(torch.autograd.Function):
+    """Forward without a graph; backward by inversion and per-step recomputation.
+
+    ``apply(functions, options, x, h, v, *params)``; params are passed through ``apply`` so
+    that autograd routes their gradients to whatever produced them (leaf parameters or,
+    e.g., a schedule computed from raw parameters).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        functions: Sequence[TensorFn],
+        options: dict[str, Any],
+        x: torch.Tensor,
+        h: torch.Tensor,
+        v: torch.Tensor,
+        *params: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        device = x.device
+        rng_states = []
+        fingerprints = []
+        for i, f in enumerate(functions):  # grad is disabled inside Function.forward
+            if options["preserve_rng_state"]:
+                rng_states.append(_rng_state(device))
+            fx = _apply_f(f, x, i)
+            if options["check_recompute"]:
+                fingerprints.append(_fingerprint(fx))
+            x, h = (1 - v[i]) * fx + v[i] * h, x
+        if len(functions) == 1:  # h_1 would be the input x itself: outputs must be new
+            h = h.clone()
+        ctx.functions = functions
+        ctx.options = options
+        ctx.device = device
+        # The engine runs backward outside any autocast region: record it for the replay.
+        ctx.autocast = {
+            "device_type": device.type,
+            "enabled": torch.is_autocast_enabled(device.type),
+            "dtype": torch.get_autocast_dtype(device.type),
+        }
+        ctx.rng_states = rng_states
+        ctx.fingerprints = fingerprints
+        # Inputs (not activations): kept as attributes so saved-tensor hooks count only
+        # the two output states, and recomputation uses the very tensors f_i captures.
+        ctx.params = params
+        ctx.save_for_backward(x, h, v)
+        return x, h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g_x: torch.Tensor, g_h: torch.Tensor) -> tuple[Any, ...]:
+        x_next, h_next, v = ctx.saved_tensors
+        functions: Sequence[TensorFn] = ctx.functions
+        options = ctx.options
+        params = ctx.params
+        need_x, need_h, need_v = ctx.needs_input_grad[2:5]
+        need_p = ctx.needs_input_grad[5:]
+        grad_params: list[torch.Tensor | None] = [None] * len(params)
+        grad_v: list[torch.Tensor] = [v.new_zeros(())] * len(functions)
+        # Indices into params whose gradient is wanted; others are skipped in autograd.grad.
+        wanted = [j for j, need in enumerate(need_p) if need]
+
+        for i in reversed(range(len(functions))):
+            v_i = v[i]
+            u_i = 1 - v_i
+            want_x = i > 0 or need_x  # x_0's grad matters only to the caller
+            x_i = h_next.detach().requires_grad_(want_x)
+            inputs = ([x_i] if want_x else []) + [params[j] for j in wanted]
+            with torch.random.fork_rng(
+                devices=[ctx.device] if ctx.device.type == "cuda" else [],
+                enabled=options["preserve_rng_state"],
+            ):
+                if options["preserve_rng_state"]:
+                    _restore_rng(ctx.rng_states[i], ctx.device)
+                with torch.set_grad_enabled(bool(inputs)), torch.autocast(**ctx.autocast):
+                    f_out = _apply_f(functions[i], x_i, i)
+            if options["check_recompute"]:
+                _compare_fingerprint(ctx.fingerprints[i], f_out, i, options["check_rtol"])
+            f_val = f_out.detach()
+            h_i = (x_next - u_i * f_val) / v_i  # the inverse step
+
+            grads: Sequence[torch.Tensor | None] = [None] * len(inputs)
+            if inputs and f_out.requires_grad:
+                grads = torch.autograd.grad(
+                    f_out, inputs, grad_outputs=u_i * g_x, allow_unused=True
+                )
+            if need_v:
+                grad_v[i] = (g_x * (h_i - f_val)).sum()
+            offset = 1 if want_x else 0
+            for k, j in enumerate(wanted):
+                g = grads[offset + k]
+                if g is not None:
+                    grad_params[j] = g if grad_params[j] is None else grad_params[j] + g
+            g_fx = grads[0] if want_x else None
+            # Chain rule through the coupling (see module docstring).
+            g_x, g_h = (g_h if g_fx is None else g_h + g_fx), v_i * g_x
+            x_next, h_next = x_i.detach(), h_i
+
+        out_v = torch.stack(grad_v).to(v.dtype) if need_v else None
+        return (
+            None,
+            None,
+            g_x if need_x else None,
+            g_h if need_h else None,
+            out_v,
+            *grad_params,
+        )
+
+
+def _compare_fingerprint(stored: torch.Tensor, f_out: torch.Tensor, i: int, rtol: float) -> None:
+    now = _fingerprint(f_out)
+    rel = float((now - stored).abs() / stored.abs().clamp_min(1e-300))
+    if rel > rtol:
+        warnings.warn(
+            f"reversible coupling: recomputed functions[{i}] differs from the forward pass "
+            f"(relative change {rel:.3g} > {rtol:.3g}); the function is non-deterministic or "
+            "the inverse lost precision (v too small); gradients are inaccurate",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------------------
+def coupled_sequence(
+    functions: Sequence[TensorFn],
+    v: torch.Tensor,
+    x: torch.Tensor,
+    h: torch.Tensor,
+    params: Sequence[torch.Tensor] = (),
+    mode: str = "reversible",
+    *,
+    preserve_rng_state: bool = True,
+    check_recompute: bool = False,
+    check_rtol: float = 1e-4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Runs K coupled steps and returns :math:`(x_K, h_K)`.
+
+    For :math:`i = 0, \dots, K-1`: :math:`x_{i+1} = (1 - v_i) f_i(x_i) + v_i h_i`,
+    :math:`h_{i+1} = x_i`.
+
+    Args:
+        functions: K callables, each mapping a tensor to one of the same shape.
+        v: ``(K,)`` coupling weights, each strictly in ``(0, 1)``; ``u = 1 - v``.
+        x: first stream, any shape ``S`` (e.g. ``(B, C, H, W)``).
+        h: second (auxiliary) stream, shape ``S``.
+        params: every tensor requiring grad that the functions use (module parameters,
+            schedule tensors, ...), not ``v``. Only ``mode="reversible"`` reads it; other
+            captured tensors are constants there.
+        mode: ``"autograd"`` (store everything), ``"checkpoint"`` (each step under
+            ``torch.utils.checkpoint``, stores the K step inputs) or ``"reversible"``
+            (stores only the outputs; O(1) activation memory in K).
+        preserve_rng_state: reversible mode: record/restore the RNG state per step so that
+            recomputation draws the same random numbers (also passed to checkpoint).
+        check_recompute: reversible mode: warn if a recomputed ``f_i(x_i)`` differs from the
+            forward pass by more than ``check_rtol`` (relative, in norm).
+        check_rtol: tolerance of ``check_recompute``.
+
+    Returns:
+        ``(x_K, h_K)``, each of shape ``S``.
+
+    Raises:
+        ValueError: unknown mode, empty ``functions``, ``v`` of the wrong shape or outside
+            ``(0, 1)``, ``h`` not shaped like ``x``, or an ``f_i`` that changes the shape.
+
+    With grad disabled (``torch.no_grad()``, inference) every mode is a plain loop that
+    stores nothing.
+    """
+    _validate(functions, v, x, h, mode)
+    if not torch.is_grad_enabled():
+        return _plain_loop(functions, v, x, h)
+
+    if mode == "autograd":
+        return _plain_loop(functions, v, x, h)
+
+    if mode == "checkpoint":
+
+        def step(
+            f: TensorFn, i: int, x_i: torch.Tensor, h_i: torch.Tensor, v_i: torch.Tensor
+        ) -> torch.Tensor:
+            return (1 - v_i) * _apply_f(f, x_i, i) + v_i * h_i
+
+        for i, f in enumerate(functions):
+            x_new = checkpoint(
+                step, f, i, x, h, v[i], use_reentrant=False, preserve_rng_state=preserve_rng_state
+            )
+            x, h = x_new, x
+        return x, h
+
+    uniq = _unique_params(params)
+    if not (x.requires_grad or h.requires_grad or v.requires_grad) and not any(
+        p.requires_grad for p in uniq
+    ):
+        # Nothing to differentiate through the Function; a plain loop still lets autograd
+        # track any tensor the caller forgot to list.
+        logger.debug("reversible mode: no input requires grad, running a plain loop")
+        return _plain_loop(functions, v, x, h)
+    options = {
+        "preserve_rng_state": preserve_rng_state,
+        "check_recompute": check_recompute,
+        "check_rtol": check_rtol,
+    }
+    return _ReversibleCoupling.apply(list(functions), options, x, h, v, *uniq)
+
+
+# --------------------------------------------------------------------------------------
+# Inverse pass (measurement of round-off)
+# --------------------------------------------------------------------------------------
+@torch.no_grad()
+def forward_states(
+    functions: Sequence[TensorFn], v: torch.Tensor, x: torch.Tensor, h: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """All states ``[(x_0, h_0), ..., (x_K, h_K)]`` of the forward pass (no grad)."""
+    _validate(functions, v, x, h, "autograd")
+    states = [(x, h)]
+    for i, f in enumerate(functions):
+        x, h = (1 - v[i]) * _apply_f(f, x, i) + v[i] * h, x
+        states.append((x, h))
+    return states
+
+
+@torch.no_grad()
+def invert_sequence(
+    functions: Sequence[TensorFn], v: torch.Tensor, x_K: torch.Tensor, h_K: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    r"""Rebuilds ``[(x_0, h_0), ..., (x_K, h_K)]`` from the outputs alone (no grad).
+
+    :math:`x_i = h_{i+1}`, :math:`h_i = (x_{i+1} - (1 - v_i) f_i(x_i)) / v_i`; the same
+    recursion the reversible backward pass uses, so its error against
+    :func:`forward_states` is the error of the states the gradients are computed at.
+    """
+    _validate(functions, v, x_K, h_K, "autograd")
+    states = [(x_K, h_K)]
+    x_next, h_next = x_K, h_K
+    for i in reversed(range(len(functions))):
+        x_i = h_next
+        h_i = (x_next - (1 - v[i]) * _apply_f(functions[i], x_i, i)) / v[i]
+        states.append((x_i, h_i))
+        x_next, h_next = x_i, h_i
+    return states[::-1]
+
+
+@torch.no_grad()
+def inverse_reconstruction_error(
+    functions: Sequence[TensorFn], v: torch.Tensor, x: torch.Tensor, h: torch.Tensor
+) -> float:
+    r"""Max over states of the relative error of the inverse pass.
+
+    Runs :func:`forward_states`, inverts from :math:`(x_K, h_K)` with
+    :func:`invert_sequence` and returns
+    :math:`\max_i \max(\lVert\tilde x_i - x_i\rVert/\lVert x_i\rVert,
+    \lVert\tilde h_i - h_i\rVert/\lVert h_i\rVert)` (norms over the whole tensor).
+    """
+    fwd = forward_states(functions, v, x, h)
+    inv = invert_sequence(functions, v, *fwd[-1])
+    worst = 0.0
+    for (xf, hf), (xi, hi) in zip(fwd, inv, strict=True):
+        for ref, rec in ((xf, xi), (hf, hi)):
+            num = torch.linalg.vector_norm((rec - ref).double())
+            den = torch.linalg.vector_norm(ref.double()).clamp_min(1e-300)
+            worst = max(worst, float(num / den))
+    return worst
+
+
+# --------------------------------------------------------------------------------------
+# Level-2 wrapper
+# --------------------------------------------------------------------------------------
+class ReversibleBlockGroup(nn.Module):
+    r"""A reversible group of same-shape modules inside a UNet block (IDM level 2).
+
+    The block input is duplicated into both streams, the K modules are coupled with
+    learnable weights :math:`v = v_{min} + (1 - 2 v_{min})\,\sigma(\rho)` (so
+    :math:`v \in [v_{min}, 1 - v_{min}]`), and the streams are merged with a learnable
+    scalar :math:`m` (init 0):
+
+    .. math:: (x_K, h_K) = \mathrm{coupled}(f, v, x, x), \qquad y = x_K + m\, h_K .
+
+    Args:
+        modules: K callables mapping ``(B, C, H, W)`` (any shape ``S``) to the same shape.
+            ``nn.Module`` entries are registered as submodules (their parameters belong to
+            this group); plain closures are kept as is.
+        v_init: initial value of every :math:`v_i`, strictly inside ``(v_min, 1 - v_min)``.
+        v_min: lower bound of :math:`v` (keeps the inverse's :math:`1/v` amplification
+            bounded by :math:`1/v_{min}` per step).
+        params: extra tensors the closures use that require grad and are not parameters of
+            a registered module (they must be passed to the reversible mode explicitly).
+    """
+
+    def __init__(
+        self,
+        modules: Sequence[TensorFn],
+        v_init: float = 0.5,
+        v_min: float = 0.05,
+        params: Sequence[torch.Tensor] = (),
+    ) -> None:
+        super().__init__()
+        if len(modules) == 0:
+            raise ValueError("modules must hold at least one callable")
+        if not 0.0 < v_min < 0.5:
+            raise ValueError(f"v_min must lie in (0, 0.5), got {v_min}")
+        if not v_min < v_init < 1.0 - v_min:
+            raise ValueError(
+                f"v_init must lie strictly inside ({v_min}, {1 - v_min}), got {v_init}"
+            )
+        self.v_min = float(v_min)
+        self.functions: list[TensorFn] = list(modules)
+        # Registering modules makes .to(), state_dict() and .parameters() see them.
+        self.blocks = nn.ModuleList([f for f in modules if isinstance(f, nn.Module)])
+        self.extra_params: list[torch.Tensor] = list(params)
+        raw = constrained_unit_interval_inverse(v_init, self.v_min, 1.0 - self.v_min)
+        self.v_raw = nn.Parameter(torch.full((len(modules),), float(raw)))
+        self.m = nn.Parameter(torch.zeros(()))
+
+    @property
+    def v(self) -> torch.Tensor:
+        """The ``(K,)`` coupling weights in ``[v_min, 1 - v_min]``."""
+        return constrained_unit_interval(self.v_raw, self.v_min, 1.0 - self.v_min)
+
+    def coupling_params(self, extra: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
+        """Tensors the wrapped functions use: module parameters, ``params`` and ``extra``."""
+        return [*self.blocks.parameters(), *self.extra_params, *extra]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mode: str = "reversible",
+        functions: Sequence[TensorFn] | None = None,
+        extra_params: Sequence[torch.Tensor] = (),
+    ) -> torch.Tensor:
+        """``x`` of shape ``S`` -> ``x_K + m h_K`` of shape ``S``.
+
+        ``functions`` replaces the stored callables for this call (e.g. closures over the
+        current batch's measurement); it must hold K entries. ``extra_params`` adds tensors
+        those closures use that require grad.
+        """
+        fns = self.functions if functions is None else list(functions)
+        if len(fns) != self.v_raw.numel():
+            raise ValueError(f"functions must hold K = {self.v_raw.numel()} callables")
+        x_k, h_k = coupled_sequence(
+            fns, self.v, x, x, params=self.coupling_params(extra_params), mode=mode
+        )
+        return x_k + self.m * h_k
+
+    def extra_repr(self) -> str:
+        return f"K={self.v_raw.numel()}, v_min={self.v_min}"
