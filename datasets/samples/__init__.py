@@ -21,8 +21,5 @@ def sample_path(name: str) -> Path:
 
 def list_samples() -> list[str]:
     """Names of the bundled samples."""
-    return sorted(
-        p.name
-        for p in SAMPLES_DIR.iterdir()
-        if not p.name.startswith(("_", ".")) and p.name != "NOTICE"
-    )
+    skip = ("_", ".", "NOTICE")
+    return sorted(p.name for p in SAMPLES_DIR.iterdir() if not p.name.startswith(skip))

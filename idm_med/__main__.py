@@ -1,0 +1,5 @@
+"""``python -m idm_med`` runs the command-line interface."""
+
+from .cli import main
+
+main()
