@@ -8,6 +8,6 @@ from .base import Operator
 from .registry import OPERATORS, available_operators, make_operator, register_operator
 
 # Importing the modules registers their operators.
-from . import gaussian_cs, inpainting, mri, super_resolution  # noqa: E402,F401  isort: skip
+from . import gaussian_cs, inpainting, mri, sparse_view_ct, super_resolution  # noqa: E402,F401  isort: skip
 
 __all__ = ["OPERATORS", "Operator", "available_operators", "make_operator", "register_operator"]

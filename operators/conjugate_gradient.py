@@ -42,6 +42,9 @@ def conjugate_gradient(
     rr = _dot(r, r)
     threshold = (tol**2) * rr
     tiny = torch.finfo(rhs.dtype).tiny
+    # In low precision the residual can stall and then grow on ill-conditioned systems:
+    # return, per sample, the iterate with the smallest residual seen.
+    best_x, best_rr = x, rr
     for _ in range(max_iter):
         if bool((rr <= threshold).all()):
             break
@@ -56,7 +59,10 @@ def conjugate_gradient(
         beta = torch.where(active, rr_new / rr.clamp_min(tiny), torch.zeros_like(rr))
         p = r + beta * p
         rr = torch.where(active, rr_new, rr)
-    return x
+        improved = rr < best_rr
+        best_x = torch.where(improved, x, best_x)
+        best_rr = torch.where(improved, rr, best_rr)
+    return best_x
 
 
 class _PseudoInverseCG(torch.autograd.Function):

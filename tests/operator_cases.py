@@ -7,6 +7,14 @@ import torch
 
 from idm_med.operators import available_operators, make_operator
 
+
+def _coil_maps(num_coils: int, size: int) -> torch.Tensor:
+    """Smooth synthetic coil sensitivities, normalised so that Σ|S_c|² = 1."""
+    from idm_med.datasets.coils import synthetic_coil_maps
+
+    return torch.as_tensor(synthetic_coil_maps(num_coils, (size, size)))
+
+
 # Small, fast configurations per registry name. An operator registered without an entry
 # here makes the contract tests fail (see test_every_operator_has_a_test_case).
 OPERATOR_CASES: dict[str, list[dict]] = {
@@ -22,12 +30,25 @@ OPERATOR_CASES: dict[str, list[dict]] = {
     "mri": [
         dict(image_size=(32, 24), acceleration=4, center_fraction=0.125),
         dict(image_size=32, acceleration=3, center_fraction=0.1, mask_type="equispaced", seed=5),
+        # Multi-coil SENSE, well conditioned (κ(AᴴA) ≈ 200) so CG reaches 1e-5 in image space.
+        dict(
+            image_size=32,
+            acceleration=2,
+            center_fraction=0.125,
+            mask_type="equispaced",
+            coil_maps=_coil_maps(4, 32),
+            cg_tol=1e-12,
+            cg_max_iter=400,
+        ),
     ],
-    "ct": [dict(image_size=32, n_views=12)],
+    # CG to near convergence: A has a condition number of ~10³ on its row space.
+    "ct": [dict(image_size=24, n_views=8, cg_tol=1e-12, cg_max_iter=2000)],
 }
 
-# Operators whose pseudo-inverse is computed iteratively (conjugate gradients).
-ITERATIVE_PINV = {"ct"}
+
+def is_iterative(name: str, kwargs: dict) -> bool:
+    """Whether the operator's pseudo-inverse is computed by conjugate gradients."""
+    return name == "ct" or kwargs.get("coil_maps") is not None
 
 
 def operator_cases() -> list:

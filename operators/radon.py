@@ -1,0 +1,377 @@
+"""Parallel-beam Radon transform in pure torch (CPU and GPU, differentiable).
+
+Discretisation (identical to ``skimage.transform.radon(image, theta, circle=True)``):
+for an ``N x N`` image with rotation centre ``c = N // 2`` and view angle ``θ``, detector
+bin ``s = j - c`` (``j = 0 … N-1``) integrates the image along the ray
+
+    p_θ(s) = Σ_t  x_bilinear(row = c + t cos θ - s sin θ,  col = c + s cos θ + t sin θ),
+
+with ``t = -c … N-1-c`` in unit steps and zero outside the image. Pixels outside the
+inscribed disc (``(r-c)² + (k-c)² > (N//2)²``, skimage's ``circle=True`` mask) are treated
+as zero, so the transform is rotation-consistent and those pixels form part of its null
+space.
+
+Because every sample is a fixed bilinear combination of four pixels, the transform is a
+sparse matrix ``R ∈ R^{(V·N) x N²}`` built once per geometry and applied with torch's CSR
+matrix product. The back-projection is ``Rᵀ`` stored as its own CSR matrix, so the adjoint
+is exact (the dot-product test holds to rounding) and both directions cost one sparse
+product. On 2 CPU cores this is 3-7x faster than rotating a sampling grid with
+``grid_sample`` and differentiating it (measured at 256², 60 views).
+
+Filtered back-projection (:meth:`RadonTransform.fbp`) follows ``skimage.transform.iradon``:
+Kak-Slaney ramp filter (optionally apodised), then pixel-driven back-projection that linearly
+interpolates each filtered projection, scaled by ``Δθ / 2``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
+LinearMap = Callable[[torch.Tensor], torch.Tensor]
+
+
+def parallel_beam_angles(
+    n_views: int, angle_range: float = 180.0, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """``n_views`` equally spaced angles over ``[0, angle_range)`` degrees, in radians ``(V,)``."""
+    return torch.arange(n_views, dtype=dtype) * (math.radians(angle_range) / n_views)
+
+
+# -- the sparse system matrix -------------------------------------------------------------
+def radon_matrix_transpose(
+    image_size: int, angles: torch.Tensor, drop_below: float = 1e-12
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Build ``Rᵀ``, the transpose of the Radon system matrix, in CSR form (float64, CPU).
+
+    Row ``r·N + k`` of ``Rᵀ`` is pixel ``(r, k)``; column ``v·N + j`` is detector ``j`` of
+    view ``v``. The entry is the total bilinear weight the pixel receives from the samples
+    of that ray: ``Σ_t Λ(Δrow) Λ(Δcol)`` with ``Λ(d) = max(0, 1 - |d|)`` and
+    ``Δrow = t cos θ - s sin θ - (r - c)``, ``Δcol = s cos θ + t sin θ - (k - c)``.
+    Only samples within ``√2`` of a pixel (in both ``s`` and ``t``) can touch it, so each
+    pixel is visited with a 4 x 4 window of candidate samples per view. Built pixel by pixel,
+    every row comes out sorted and free of duplicates: no global sort is needed.
+    Entries below ``drop_below`` (round-off of weights that are exactly 0 in exact
+    arithmetic, e.g. at 90°) are dropped.
+
+    Args:
+        image_size: ``N``; the image is ``N x N`` and there are ``N`` detector bins.
+        angles: view angles in radians, shape ``(V,)``.
+
+    Returns:
+        ``(crow_indices, col_indices, values)`` of ``Rᵀ ∈ R^{N² x (V·N)}`` (int64, float64).
+    """
+    n = int(image_size)
+    c = n // 2
+    angles = torch.as_tensor(angles, dtype=torch.float64).reshape(-1)
+    rr, kk = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    rho, kappa = (rr - c).reshape(-1), (kk - c).reshape(-1)
+    in_disc = (rho**2 + kappa**2 <= c * c).nonzero().squeeze(1)  # skimage circle=True mask
+    rho = rho[in_disc].double().view(-1, 1, 1, 1)  # (P, 1, 1, 1): P pixels in the disc
+    kappa = kappa[in_disc].double().view(-1, 1, 1, 1)
+    window = torch.arange(-1, 3, dtype=torch.float64)
+    weights, detectors = [], []
+    # Views in chunks of about 2 M candidates: few large tensor ops (cheap per element)
+    # while memory stays bounded.
+    chunk = max(1, 2_000_000 // (16 * rho.shape[0]))
+    for start in range(0, angles.numel(), chunk):
+        theta = angles[start : start + chunk]
+        cos, sin = torch.cos(theta).view(1, -1, 1, 1), torch.sin(theta).view(1, -1, 1, 1)
+        # The pixel's coordinates in the rotated (detector, ray) frame: (P, v, 1, 1).
+        s_p = kappa * cos - rho * sin
+        t_p = kappa * sin + rho * cos
+        s = s_p.floor() + window.view(1, 1, 4, 1)  # candidate detector offsets
+        t = t_p.floor() + window.view(1, 1, 1, 4)  # candidate steps along the ray
+        d_row = (t * cos - rho) - s * sin  # (P, v, 4, 4)
+        d_col = (s * cos - kappa) + t * sin
+        w = d_row.abs_().neg_().add_(1).clamp_min_(0)  # Λ(Δrow)
+        w.mul_(d_col.abs_().neg_().add_(1).clamp_min_(0))  # · Λ(Δcol)
+        w.mul_((t >= -c) & (t <= n - 1 - c))  # the ray has N samples, t = -c … N-1-c
+        detector = (s.squeeze(3) + c).long()  # (P, v, 4)
+        weights.append(w.sum(3).mul_((detector >= 0) & (detector < n)))
+        detectors.append(detector)
+    weight = torch.cat(weights, 1)  # (P, V, 4)
+    detector = torch.cat(detectors, 1)
+    column = detector + (torch.arange(angles.numel()) * n).view(1, -1, 1)
+    keep = weight > drop_below
+    # Row-major (pixel, view, detector) order: columns increase within every row.
+    counts = torch.zeros(n * n, dtype=torch.long)
+    counts[in_disc] = keep.flatten(1).sum(1)
+    crow = torch.zeros(n * n + 1, dtype=torch.long)
+    crow[1:] = torch.cumsum(counts, 0)
+    return crow, column[keep], weight[keep]
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, shape: tuple[int, int]):
+    # The buffers were built valid; skipping the invariant check keeps this O(1).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse.*")  # "beta" / "checks" notes
+        return torch.sparse_csr_tensor(crow, col, val, shape, check_invariants=False)
+
+
+@functools.lru_cache(maxsize=1)
+def _system_matrices(image_size: int, angles: tuple[float, ...]) -> tuple[torch.Tensor, ...]:
+    """``(crow, col, val)`` of ``R`` then of ``Rᵀ``: int32 indices, float64 values, CPU.
+
+    The last geometry is cached because a build takes seconds at 256² and rebuilding an
+    operator from its config is common; modules share these tensors (no copy of a matrix
+    that can reach gigabytes), so they must never be modified in place.
+    """
+    crow_t, col_t, val_t = radon_matrix_transpose(
+        image_size, torch.tensor(angles, dtype=torch.float64)
+    )
+    shape_t = (image_size**2, len(angles) * image_size)
+    # int32 indices: half the memory of int64 and at least as fast in the CSR kernels.
+    matrix_t = _csr(crow_t.int(), col_t.int(), val_t, shape_t)
+    # Store R as well (CSC of Rᵀ = CSR of R): a product with a transposed view is ~100x
+    # slower than a CSR product.
+    csc = matrix_t.to_sparse_csc()
+    logger.debug("Radon matrix %s with %d non-zeros", shape_t[::-1], val_t.numel())
+    return (
+        csc.ccol_indices(),
+        csc.row_indices(),
+        csc.values(),
+        matrix_t.crow_indices(),
+        matrix_t.col_indices(),
+        matrix_t.values(),
+    )
+
+
+class _SparseMatmul(torch.autograd.Function):
+    """``M @ X`` for a fixed CSR matrix ``M`` with its transpose ``Mᵀ`` given separately.
+
+    The backward is the same function with the roles swapped, so gradients of any order
+    flow (the back-projection is itself differentiable, with the projection as its
+    gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, dense, matrix, matrix_t):
+        ctx.matrix, ctx.matrix_t = matrix, matrix_t
+        return torch.sparse.mm(matrix, dense)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _SparseMatmul.apply(grad, ctx.matrix_t, ctx.matrix), None, None
+
+
+# -- filtered back-projection helpers ------------------------------------------------------
+def fourier_filter(
+    size: int,
+    filter_name: str = "ramp",
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Frequency response ``(size,)`` (FFT order) of the FBP filter, ``size`` even.
+
+    The ramp is the DFT of the band-limited spatial kernel ``h[0] = 1/4``,
+    ``h[n] = -1/(π n)²`` for odd ``n`` and 0 for even ``n`` (Kak & Slaney eq. 61), times 2;
+    building it in the spatial domain avoids the DC bias of a sampled ``|ω|``. The other
+    names multiply the ramp by the usual apodisation windows.
+    """
+    if filter_name not in FILTERS:
+        raise ValueError(f"filter_name must be one of {FILTERS}, got {filter_name!r}")
+    k = torch.arange(size, dtype=torch.float64)
+    dist = torch.minimum(k, size - k)  # circular distance from sample 0
+    h = torch.zeros(size, dtype=torch.float64)
+    h[0] = 0.25
+    odd = dist % 2 == 1
+    h[odd] = -1.0 / (math.pi * dist[odd]) ** 2
+    response = 2 * torch.fft.fft(h).real
+    freq = torch.fft.fftfreq(size, dtype=torch.float64)  # cycles per sample, [-0.5, 0.5)
+    if filter_name == "shepp-logan":
+        omega = math.pi * freq
+        response = response * torch.where(omega == 0, 1.0, torch.sin(omega) / omega)
+    elif filter_name == "cosine":
+        response = response * torch.cos(math.pi * freq)
+    elif filter_name in ("hamming", "hann"):
+        # Symmetric windows of the full length centred on DC, as iradon builds them.
+        make = torch.hamming_window if filter_name == "hamming" else torch.hann_window
+        window = make(size, periodic=False, dtype=torch.float64)
+        response = response * torch.fft.fftshift(window)
+    return response.to(dtype=dtype, device=device)
+
+
+def filter_sinogram(
+    sinogram: torch.Tensor, filter_name: str = "ramp", margin: int = 0
+) -> torch.Tensor:
+    """Filter every projection along its last (detector) axis.
+
+    Args:
+        sinogram: ``(..., V, D)``.
+        filter_name: one of :data:`FILTERS`.
+        margin: also return the filtered signal on ``margin`` virtual detectors beyond each
+            end (the ramp spreads signal there; :func:`fbp` interpolates into it as
+            ``iradon`` does).
+
+    Returns:
+        ``(..., V, D + 2·margin)``, detector ``j`` at index ``j + margin``. The data are
+        zero-padded to ``max(64, 2^⌈log2(2·⌈√2·D⌉)⌉)`` samples, the length ``iradon`` uses,
+        so the circular convolution does not wrap onto the detector.
+    """
+    n_det = sinogram.shape[-1]
+    padded = max(64, 2 ** math.ceil(math.log2(2 * math.ceil(math.sqrt(2) * n_det))))
+    response = fourier_filter(padded, filter_name, sinogram.dtype, sinogram.device)
+    # Only the even part of a filter acts on real data (iradon keeps the real part of the
+    # inverse FFT); the half-spectrum product below needs it explicitly.
+    response = 0.5 * (response + torch.roll(torch.flip(response, [0]), 1))
+    spectrum = torch.fft.rfft(sinogram, n=padded, dim=-1)
+    filtered = torch.fft.irfft(spectrum * response[: padded // 2 + 1], n=padded, dim=-1)
+    # Negative detector indices live at the end of the circular buffer.
+    return torch.roll(filtered, margin, dims=-1)[..., : n_det + 2 * margin]
+
+
+# -- the module ----------------------------------------------------------------------------
+class RadonTransform(nn.Module):
+    """Parallel-beam Radon transform of ``N x N`` images with ``N`` detector bins.
+
+    ``forward`` / :meth:`project`: ``(B, C, N, N) -> (B, C, V, N)``; :meth:`backproject` is
+    its exact adjoint ``(B, C, V, N) -> (B, C, N, N)``; :meth:`fbp` the approximate inverse.
+    Works in float32 and float64 on any device: the matrix is stored as buffers
+    (``crow``/``col`` int32, ``val`` in the module's float dtype) and wrapped as a CSR
+    tensor on each call, so ``.to()`` / ``.double()`` behave as for any module. The
+    buffers are not persistent: they follow from the geometry, and a 256², 60-view matrix
+    (6.8 M non-zeros) would otherwise bloat every ``state_dict``.
+
+    Args:
+        image_size: ``N``.
+        angles: view angles in radians, shape ``(V,)``.
+        angle_range: the angular span in degrees the views sample uniformly (180 for a
+            full parallel-beam scan); only scales :meth:`fbp` by ``Δθ/2 = range/(2V)``.
+        dtype: dtype of the stored weights (default: torch's default dtype). The matrix is
+            computed in float64; a float32 module that is later ``.double()``-ed keeps
+            float32-rounded weights (still an exact matrix/adjoint pair, but it matches
+            skimage only to ~1e-8), so pass ``dtype=torch.float64`` for full precision.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        angles: torch.Tensor | Sequence[float],
+        angle_range: float = 180.0,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.image_size = int(image_size)
+        angles = torch.as_tensor(angles, dtype=torch.float64).reshape(-1)
+        self.n_views = angles.numel()
+        self.angle_range = float(angle_range)
+        dtype = dtype or torch.get_default_dtype()
+        crow, col, val, crow_t, col_t, val_t = _system_matrices(
+            self.image_size, tuple(angles.tolist())
+        )
+        self.register_buffer("angles", angles.to(dtype))
+        self.register_buffer("crow", crow, persistent=False)
+        self.register_buffer("col", col, persistent=False)
+        self.register_buffer("val", val.to(dtype), persistent=False)
+        self.register_buffer("crow_t", crow_t, persistent=False)
+        self.register_buffer("col_t", col_t, persistent=False)
+        self.register_buffer("val_t", val_t.to(dtype), persistent=False)
+
+    @property
+    def nnz(self) -> int:
+        """Number of non-zeros of the system matrix."""
+        return self.val.numel()
+
+    def _matrices(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # ``.to(dtype)`` is a no-op when the input matches the module's dtype.
+        n, rays = self.image_size, self.n_views * self.image_size
+        fwd = _csr(self.crow, self.col, self.val.to(dtype), (rays, n * n))
+        bwd = _csr(self.crow_t, self.col_t, self.val_t.to(dtype), (n * n, rays))
+        return fwd, bwd
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Sinogram ``R x``: ``(..., N, N) -> (..., V, N)`` (views, detectors)."""
+        return self._project(x, *self._matrices(x.dtype))
+
+    def backproject(self, sinogram: torch.Tensor) -> torch.Tensor:
+        """Exact adjoint ``Rᵀ y``: ``(..., V, N) -> (..., N, N)``."""
+        return self._backproject(sinogram, *self._matrices(sinogram.dtype))
+
+    def linear_maps(self, dtype: torch.dtype) -> tuple[LinearMap, LinearMap]:
+        """``(project, backproject)`` computing in ``dtype`` with the weights cast once.
+
+        For iterative solvers that apply both maps many times in another precision than
+        the module's (e.g. float64 CG for a float32 operator); inputs must have ``dtype``.
+        """
+        fwd, bwd = self._matrices(dtype)
+        return (
+            lambda x: self._project(x, fwd, bwd),
+            lambda y: self._backproject(y, fwd, bwd),
+        )
+
+    def _project(self, x: torch.Tensor, fwd: torch.Tensor, bwd: torch.Tensor) -> torch.Tensor:
+        n = self.image_size
+        # (N², batch) column layout: CSR @ dense is the fast sparse kernel.
+        cols = x.reshape(-1, n * n).t().contiguous()
+        out = _SparseMatmul.apply(cols, fwd, bwd)
+        return out.t().reshape(*x.shape[:-2], self.n_views, n)
+
+    def _backproject(self, y: torch.Tensor, fwd: torch.Tensor, bwd: torch.Tensor) -> torch.Tensor:
+        n = self.image_size
+        cols = y.reshape(-1, self.n_views * n).t().contiguous()
+        out = _SparseMatmul.apply(cols, bwd, fwd)
+        return out.t().reshape(*y.shape[:-2], n, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(x)
+
+    def fbp(self, sinogram: torch.Tensor, filter_name: str = "ramp") -> torch.Tensor:
+        """Filtered back-projection ``(..., V, N) -> (..., N, N)``, zero outside the disc.
+
+        Pixel-driven: each pixel linearly interpolates every filtered projection at its
+        detector coordinate ``s = (k-c) cos θ - (r-c) sin θ`` (the same discretisation as
+        ``iradon``), which aliases less than reusing the exact adjoint :meth:`backproject`.
+        """
+        return fbp(sinogram, self.angles, filter_name, self.angle_range)
+
+
+def fbp(
+    sinogram: torch.Tensor,
+    angles: torch.Tensor,
+    filter_name: str = "ramp",
+    angle_range: float = 180.0,
+) -> torch.Tensor:
+    """Filtered back-projection of ``(..., V, N)`` sinograms to ``(..., N, N)`` images.
+
+    ``x(r, k) ≈ Δθ/2 · Σ_v q_v((k-c) cos θ_v - (r-c) sin θ_v)`` with ``q_v`` the filtered
+    projections (the factor 2 in :func:`fourier_filter` makes ``Δθ/2`` the right scale),
+    ``Δθ = angle_range / V``; pixels outside the inscribed disc are set to zero.
+    Differentiable with respect to ``sinogram``.
+    """
+    n_views, n = sinogram.shape[-2], sinogram.shape[-1]
+    if angles.numel() != n_views:
+        raise ValueError(f"sinogram has {n_views} views but {angles.numel()} angles were given")
+    lead = sinogram.shape[:-2]
+    c = n // 2
+    filtered = filter_sinogram(sinogram, filter_name, margin=1).reshape(-1, n_views, n + 2)
+    offsets = torch.arange(n, dtype=sinogram.dtype, device=sinogram.device) - c
+    theta = angles.to(dtype=sinogram.dtype, device=sinogram.device).view(-1, 1, 1)
+    # Detector coordinate (as an index into ``filtered``) of pixel (r, k) per view: (V, N, N).
+    # Pixels in the disc have |s| <= c, so pos stays in [0, N + 1]; the clamp only touches
+    # pixels outside the disc (zeroed below) or zero-weight neighbours.
+    pos = (
+        1
+        + c
+        + offsets.view(1, 1, -1) * torch.cos(theta)
+        - offsets.view(1, -1, 1) * torch.sin(theta)
+    ).reshape(n_views, -1)
+    lo = pos.floor()
+    frac = pos - lo
+    lo = lo.long()
+    total = torch.zeros(filtered.shape[0], n * n, dtype=sinogram.dtype, device=sinogram.device)
+    for index, weight in ((lo, 1 - frac), (lo + 1, frac)):
+        idx = index.clamp(0, n + 1).unsqueeze(0).expand(filtered.shape[0], -1, -1)
+        total = total + (torch.gather(filtered, 2, idx) * weight).sum(1)
+    disc = (offsets.view(-1, 1) ** 2 + offsets.view(1, -1) ** 2) <= c * c
+    image = total.reshape(-1, n, n) * disc * (math.radians(angle_range) / (2 * n_views))
+    return image.reshape(*lead, n, n)
