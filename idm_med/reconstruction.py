@@ -232,6 +232,8 @@ def reconstruct_image(
 def detect_format(path: str | Path) -> str:
     """``"fastmri"``, ``"dicom"``, ``"nifti"`` or ``"image"`` from a path."""
     path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
     name = path.name.lower()
     if path.is_dir() or name.endswith(".dcm"):
         return "dicom"

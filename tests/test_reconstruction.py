@@ -117,11 +117,14 @@ def test_dicom_pipeline_writes_a_new_series(tmp_path):
 
 def test_detect_format(tmp_path):
     assert detect_format(sample_path("ct_head")) == "dicom"
-    assert detect_format("a.h5") == "fastmri"
-    assert detect_format("a.nii.gz") == "nifti"
-    assert detect_format("a.png") == "image"
+    for name, fmt in [("a.h5", "fastmri"), ("a.nii.gz", "nifti"), ("a.png", "image")]:
+        (tmp_path / name).touch()
+        assert detect_format(tmp_path / name) == fmt
+    (tmp_path / "notes.txt").touch()
     with pytest.raises(ValueError, match="cannot tell the format"):
         detect_format(tmp_path / "notes.txt")
+    with pytest.raises(ValueError, match="no such file or folder"):
+        detect_format(tmp_path / "missing.h5")
 
 
 def test_make_method_errors():
