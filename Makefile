@@ -19,8 +19,10 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m idm_med demo --output demo_output
 
+# Tests use tiny tensors: one thread per library is faster and avoids oversubscribing
+# small machines (torch, numpy/BLAS, numba and sigpy all read OMP_NUM_THREADS).
 test: setup
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 lint: setup
 	$(VENV)/bin/ruff check .

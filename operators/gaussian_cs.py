@@ -69,7 +69,9 @@ class GaussianCS(Operator):
         self.image_shape = (channels, h, w)
         self.n_blocks = h * w // n
         self.measurement_shape = (channels, self.n_blocks, q)
-        self.register_buffer("phi", orthonormal_sensing_matrix(n, q, seed).float())
+        # Kept in float64 so that `op.double()` stays orthonormal to round-off; `op.float()`
+        # (or any cast) applies as usual, and inputs of another dtype cast it per call.
+        self.register_buffer("phi", orthonormal_sensing_matrix(n, q, seed))
         if permute:
             gen = torch.Generator().manual_seed(seed + 1)
             perm = torch.randperm(h * w, generator=gen)

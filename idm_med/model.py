@@ -1,0 +1,343 @@
+r"""The IDM network: T unrolled DDNM steps with a shared noise estimator, made invertible.
+
+Step :math:`F_t` (:math:`t = T, \dots, 1`), deterministic DDIM with the range–null-space
+projection of DDNM, on images ``(B, c_img, H, W)``:
+
+.. math::
+
+    \varepsilon &= \mathrm{UNet}(\hat x_t)\quad\text{(injectors of step t fed with } A^\dagger y,
+        A^\dagger A)\\
+    x_0 &= (\hat x_t - \sqrt{1-\bar\alpha_t}\,\varepsilon) / \sqrt{\bar\alpha_t}\\
+    \bar x_0 &= x_0 - A^\dagger(A x_0 - y)\\
+    F_t(\hat x_t) &= \sqrt{\bar\alpha_{t-1}}\,\bar x_0 + \sqrt{1-\bar\alpha_{t-1}}\,\varepsilon
+
+with a learnable schedule :math:`\alpha_t \in (0, 1)` (sigmoid-parameterised, init 0.5),
+:math:`\bar\alpha_t = \prod_{s \le t} \alpha_s`, :math:`\bar\alpha_0 = 1`, started from
+:math:`\hat x_T = \sqrt{\bar\alpha_T}\,A^\dagger y`.
+
+Level-1 coupling (``coupling=True``): :math:`\hat x_{t-1} = (1-v_t) F_t(\hat x_t) + v_t h_t`,
+:math:`h_{t-1} = \hat x_t`, :math:`h_T = w_T \hat x_T`, output
+:math:`\hat x = \hat x_0 + w_0 h_0` (:math:`v_t \in [v_{min}, 1-v_{min}]` init 0.5,
+:math:`w_T = 1`, :math:`w_0 = 0` at init). ``coupling=False`` is the plain unrolled DDNM
+sampler :math:`\hat x = F_1 \circ \dots \circ F_T(\hat x_T)`.
+
+Memory modes (:meth:`IDM.set_memory_mode`) only change how gradients are computed; outputs
+are identical:
+
+===============  ===========================================================================
+``autograd``     plain autograd, stores every activation
+``checkpoint``   each step under ``torch.utils.checkpoint`` (stores the T step inputs)
+``level1``       reversible across steps (:func:`idm_med.reversible.coupled_sequence`)
+``level1+2``     level 1 plus reversible level-2 groups inside the UNet and checkpointed
+                 shape-changing modules (needs ``invertible_blocks=True``)
+===============  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .backbones import NoiseEstimator, small_unet_config
+from .injectors import InjectorContext, make_injectors
+from .reversible import (
+    constrained_unit_interval,
+    constrained_unit_interval_inverse,
+    coupled_sequence,
+)
+
+logger = logging.getLogger(__name__)
+
+MEMORY_MODES = ("autograd", "checkpoint", "level1", "level1+2")
+WEIGHTS_NAME = "model.safetensors"
+
+
+class IDM(nn.Module, ConfigMixin):
+    """Invertible Diffusion Model: ``IDM(...)(y, operator) -> x̂`` of shape ``(B, C, H, W)``.
+
+    Args:
+        backbone: noise-estimator config (:func:`idm_med.backbones.sd_layout_config` or
+            :func:`~idm_med.backbones.small_unet_config`; default: the small UNet).
+        image_channels: ``c_img`` (1, or 2 for complex MRI as real/imaginary).
+        steps: number of unrolled steps ``T`` (>= 1).
+        coupling: level-1 coupling across steps; ``False`` gives the plain DDNM-style sampler.
+        invertible_blocks: level-2 coupling groups inside the UNet (part of the architecture).
+        injectors: use injectors (separate weights per step).
+        injector_kernel_size: kernel of the injector convolutions (1 as in the authors' code).
+        alpha_init: initial ``α_t``.
+        v_init: initial level-1 ``v_t``.
+        v_min: ``v`` (both levels) is kept in ``[v_min, 1 - v_min]``.
+        operator: optional operator config (``op.config``) stored with checkpoints; used
+            when ``forward`` gets no operator.
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        backbone: dict[str, Any] | None = None,
+        image_channels: int = 1,
+        steps: int = 3,
+        coupling: bool = True,
+        invertible_blocks: bool = True,
+        injectors: bool = True,
+        injector_kernel_size: int = 1,
+        alpha_init: float = 0.5,
+        v_init: float = 0.5,
+        v_min: float = 0.05,
+        operator: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if int(steps) != steps or steps < 1:
+            raise ValueError(f"steps (T) must be an integer >= 1, got {steps}")
+        if not 0.0 < v_min < 0.5:
+            raise ValueError(f"v_min must lie in (0, 0.5), got {v_min}")
+        self.steps = int(steps)
+        self.image_channels = int(image_channels)
+        self.coupling = bool(coupling)
+        self.v_min = float(v_min)
+        self.backbone = NoiseEstimator(
+            backbone or small_unet_config(), image_channels, invertible_blocks, v_min=v_min
+        )
+        # Separate injector weights per step; index i = T - t (execution order).
+        self.injectors = (
+            nn.ModuleList(
+                make_injectors(self.backbone.sites, image_channels, injector_kernel_size)
+                for _ in range(self.steps)
+            )
+            if injectors
+            else None
+        )
+        # α_t for t = 1..T (index t-1), sigmoid-parameterised so it stays in (0, 1).
+        raw_alpha = constrained_unit_interval_inverse(float(alpha_init), 0.0, 1.0)
+        self.alpha_raw = nn.Parameter(torch.full((self.steps,), float(raw_alpha)))
+        if self.coupling:
+            raw_v = constrained_unit_interval_inverse(float(v_init), v_min, 1.0 - v_min)
+            self.v_raw = nn.Parameter(torch.full((self.steps,), float(raw_v)))
+            self.w_T = nn.Parameter(torch.ones(()))
+            self.w_0 = nn.Parameter(torch.zeros(()))
+        self._operator_cache: nn.Module | None = None
+        self.memory_mode = "autograd"
+
+    # -- schedule & couplings ----------------------------------------------------------
+    def alphas(self) -> torch.Tensor:
+        """``(T,)`` schedule ``α_t`` for ``t = 1..T``."""
+        return constrained_unit_interval(self.alpha_raw, 0.0, 1.0)
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        """``(T+1,)`` ``ᾱ_0 = 1, ᾱ_1, ..., ᾱ_T``."""
+        a = self.alphas()
+        return torch.cat([a.new_ones(1), torch.cumprod(a, 0)])
+
+    def coupling_weights(self) -> torch.Tensor:
+        """``(T,)`` level-1 weights ``v`` in execution order (``v_T, ..., v_1``)."""
+        if not self.coupling:
+            raise ValueError("this model has no level-1 coupling (coupling=False)")
+        return constrained_unit_interval(self.v_raw, self.v_min, 1.0 - self.v_min)
+
+    def set_memory_mode(self, mode: str) -> IDM:
+        """Choose how gradients are computed (see the module docstring); returns ``self``."""
+        self._check_mode(mode)
+        self.memory_mode = mode
+        return self
+
+    def _check_mode(self, mode: str) -> None:
+        if mode not in MEMORY_MODES:
+            raise ValueError(f"memory mode must be one of {MEMORY_MODES}, got {mode!r}")
+        if not self.coupling and mode in ("level1", "level1+2"):
+            raise ValueError(
+                f"memory mode {mode!r} needs the level-1 coupling; this model has "
+                "coupling=False (plain DDNM sampler): use 'autograd' or 'checkpoint'"
+            )
+        if mode == "level1+2" and not self.backbone.invertible_blocks:
+            raise ValueError(
+                "memory mode 'level1+2' needs a model built with invertible_blocks=True"
+            )
+
+    # -- the unrolled network ----------------------------------------------------------
+    def _step(
+        self,
+        index: int,
+        x: torch.Tensor,
+        *,
+        y: torch.Tensor,
+        operator: nn.Module,
+        ctx: InjectorContext | None,
+        level2_mode: str,
+    ) -> torch.Tensor:
+        """``F_t(x̂_t)`` for ``t = T - index``: ``(B, C, H, W) -> (B, C, H, W)``."""
+        t = self.steps - index
+        # Recomputed from the raw parameter on every call so that reversible/checkpointed
+        # recomputation rebuilds the graph to alpha_raw.
+        abar = self.alphas_cumprod()
+        injectors = self.injectors[index] if self.injectors is not None else None
+        eps = self.backbone(x, injectors, ctx, level2_mode)
+        x0 = (x - torch.sqrt(1 - abar[t]) * eps) / torch.sqrt(abar[t])
+        x0 = x0 - operator.A_pinv(operator.A(x0) - y)
+        if t == 1:  # ᾱ_0 = 1: the output is the projected estimate (avoids d√0 = ∞)
+            return x0
+        return torch.sqrt(abar[t - 1]) * x0 + torch.sqrt(1 - abar[t - 1]) * eps
+
+    def _resolve_operator(self, operator: nn.Module | None) -> nn.Module:
+        if operator is None:
+            if self.config.operator is None:
+                raise ValueError("no operator given and none stored in the model config")
+            if self._operator_cache is None:
+                from .operators import make_operator
+
+                self._operator_cache = make_operator(**self.config.operator)
+            operator = self._operator_cache
+            ref = next(self.parameters())
+            operator.to(device=ref.device, dtype=ref.dtype)
+        return operator
+
+    def _validate(self, y: torch.Tensor, operator: nn.Module) -> None:
+        shape = tuple(operator.image_shape)
+        if shape[0] != self.image_channels:
+            raise ValueError(
+                f"operator {operator.config.get('name')!r} acts on {shape[0]}-channel images "
+                f"but this model was built for image_channels={self.image_channels}"
+            )
+        m = self.backbone.size_multiple
+        if shape[1] % m or shape[2] % m:
+            raise ValueError(
+                f"operator image size {shape[1:]} must be a multiple of {m} for this backbone"
+            )
+        try:
+            operator.check_measurement(y, "y")
+        except ValueError as err:
+            raise ValueError(
+                f"IDM expected y of shape (B, {', '.join(map(str, operator.measurement_shape))})"
+                f" for operator {operator.config.get('name')!r}: {err}"
+            ) from err
+
+    def coupling_inputs(
+        self, y: torch.Tensor, operator: nn.Module | None = None, level2_mode: str = "autograd"
+    ) -> tuple[
+        list[Callable[[torch.Tensor], torch.Tensor]],
+        torch.Tensor | None,
+        torch.Tensor,
+        torch.Tensor | None,
+    ]:
+        """The level-1 pieces ``(functions [F_T..F_1], v, x̂_T, h_T)`` for ``y``.
+
+        ``v`` and ``h_T`` are ``None`` for ``coupling=False``. Exposed so the inverse pass
+        (:func:`idm_med.reversible.invert_sequence`) can be measured on a real model.
+        """
+        operator = self._resolve_operator(operator)
+        self._validate(y, operator)
+        x_pinv = operator.A_pinv(y)
+        ctx = InjectorContext(x_pinv=x_pinv, AtA=operator.AtA) if self.injectors else None
+        functions = [
+            partial(self._step, i, y=y, operator=operator, ctx=ctx, level2_mode=level2_mode)
+            for i in range(self.steps)
+        ]
+        x_T = torch.sqrt(self.alphas_cumprod()[self.steps]) * x_pinv
+        if not self.coupling:
+            return functions, None, x_T, None
+        return functions, self.coupling_weights(), x_T, self.w_T * x_T
+
+    def forward(self, y: torch.Tensor, operator: nn.Module | None = None) -> torch.Tensor:
+        """Reconstruct ``x̂`` ``(B, *operator.image_shape)`` from ``y`` ``(B, *measurement_shape)``.
+
+        ``operator`` defaults to the one stored in the config. Raises ``ValueError`` for a
+        measurement of the wrong shape, NaN/inf in ``y`` or mismatched image channels.
+        """
+        mode = self.memory_mode
+        self._check_mode(mode)
+        level2 = "reversible" if mode == "level1+2" else "autograd"
+        functions, v, x, h = self.coupling_inputs(y, operator, level2)
+        if not self.coupling:
+            for f in functions:
+                if mode == "checkpoint" and torch.is_grad_enabled():
+                    x = checkpoint(f, x, use_reentrant=False)
+                else:
+                    x = f(x)
+            return x
+        seq_mode = {"autograd": "autograd", "checkpoint": "checkpoint"}.get(mode, "reversible")
+        params = [
+            p
+            for n, p in self.named_parameters()
+            if p.requires_grad and n not in ("v_raw", "w_T", "w_0")
+        ]
+        x0, h0 = coupled_sequence(functions, v, x, h, params, mode=seq_mode)
+        return x0 + self.w_0 * h0
+
+    # -- persistence -------------------------------------------------------------------
+    def save_pretrained(
+        self, directory: str | os.PathLike, operator: nn.Module | None = None
+    ) -> None:
+        """Write ``config.json`` + ``model.safetensors`` into ``directory``.
+
+        ``operator`` (optional) stores ``operator.config`` in the checkpoint's config.
+        """
+        from .datasets.atomic import atomic_path
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if operator is not None:
+            self.register_to_config(operator=dict(operator.config))
+        self.save_config(directory)
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        logger.info("saved IDM (%d tensors) to %s", len(state), directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> IDM:
+        """Load a model written by :meth:`save_pretrained` (local directory; no download).
+
+        The model takes the dtype of the stored weights.
+        """
+        directory = Path(directory)
+        weights = directory / WEIGHTS_NAME
+        if not (directory / cls.config_name).is_file() or not weights.is_file():
+            raise FileNotFoundError(
+                f"{directory} must contain {cls.config_name} and {WEIGHTS_NAME}"
+            )
+        model = cls.from_config(cls.load_config(directory))
+        state = load_file(str(weights))
+        dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
+        if len(dtypes) == 1:
+            model.to(dtypes.pop())
+        model.load_state_dict(state, strict=True)
+        return model
+
+    @classmethod
+    def from_sd_unet(
+        cls, path: str | os.PathLike, image_channels: int = 1, **kwargs: Any
+    ) -> tuple[IDM, dict[str, list[str]]]:
+        """IDM whose backbone is loaded from a local diffusers (SD) UNet directory.
+
+        See :func:`idm_med.backbones.load_sd_unet` (nothing is downloaded); ``kwargs`` go to
+        :class:`IDM`. Returns ``(model, load report)``.
+        """
+        from .backbones import load_sd_unet
+
+        invertible = kwargs.get("invertible_blocks", True)
+        estimator, report = load_sd_unet(path, image_channels, invertible_blocks=invertible)
+        model = cls(backbone=estimator.config, image_channels=image_channels, **kwargs)
+        # Level-2 couplings (absent from SD checkpoints) keep their initialisation.
+        missing, unexpected = model.backbone.load_state_dict(estimator.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("groups.") for k in missing):
+            raise RuntimeError(f"backbone mismatch: missing {missing}, unexpected {unexpected}")
+        return model, report
+
+    def num_parameters(self, injectors_only: bool = False) -> int:
+        """Parameter count of the whole model (or of its injectors)."""
+        if injectors_only:
+            return (
+                0 if self.injectors is None else sum(p.numel() for p in self.injectors.parameters())
+            )
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,236 @@
+"""Tests of the IDM model (idm_med.model) and the DDNM baseline sampler (idm_med.ddnm).
+
+Memory-mode equality covers backbone × T ∈ {1, 3, 5} on ``gaussian_cs`` and every registered
+operator at T = 3 (the full backbone × T × operator product would be too slow on 2 cores).
+Everything runs in float64 with tiny UNets on 16² images.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from idm_med.backbones import sd_layout_config, small_unet_config
+from idm_med.ddnm import ddnm_sample, linear_alphas_cumprod
+from idm_med.model import IDM
+from idm_med.operators import available_operators, make_operator
+from idm_med.reversible import forward_states, invert_sequence
+
+SIZE = 16
+# Small per-operator kwargs on SIZE² images; operators without an entry are skipped.
+OPERATOR_KWARGS: dict[str, dict] = {
+    "gaussian_cs": dict(image_size=SIZE, ratio=0.25, block_size=8),
+    "inpainting": dict(image_size=SIZE, missing_ratio=0.5, seed=1),
+    "superres": dict(image_size=SIZE, factor=2),
+    "mri": dict(image_size=SIZE, acceleration=4, center_fraction=0.125),
+    # Tight CG tolerance: an iterative A† must be (numerically) a fixed linear map for the
+    # memory modes to agree, see _pinv_nonlinearity.
+    "ct": dict(image_size=SIZE, n_views=4, cg_tol=1e-12, cg_max_iter=300),
+}
+BACKBONES = {
+    "sd": sd_layout_config(
+        block_out_channels=(16, 32), norm_num_groups=8, attention_head_dim=4, cross_attention_dim=16
+    ),
+    "small": small_unet_config(block_out_channels=(8, 16, 16), norm_num_groups=4),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to oversubscription on a
+    shared 2-core machine (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _operator(name: str):
+    if name not in available_operators():
+        pytest.skip(f"operator {name!r} is not registered (yet)")
+    if name not in OPERATOR_KWARGS:
+        pytest.skip(f"no small test kwargs for operator {name!r}: add them to OPERATOR_KWARGS")
+    return make_operator(name, **OPERATOR_KWARGS[name]).double()
+
+
+def _pinv_nonlinearity(op) -> float:
+    """Relative deviation of ``A†`` from linearity on random measurements.
+
+    The memory modes sum gradient contributions in different orders; a linear ``A†`` maps
+    those round-off differences to round-off, but an unconverged iterative solver (whose
+    iteration count can flip) turns them into differences of its own accuracy.
+    """
+    g = torch.Generator().manual_seed(7)
+    a, b = (torch.randn(2, *op.measurement_shape, generator=g, dtype=torch.float64) for _ in "ab")
+    with torch.no_grad():
+        lhs = op.A_pinv(a + 1e-3 * b)
+        rhs = op.A_pinv(a) + 1e-3 * op.A_pinv(b)
+    return float((lhs - rhs).norm() / rhs.norm())
+
+
+def _model(backbone: str, op, steps: int = 3, perturb: bool = True, **kwargs) -> IDM:
+    torch.manual_seed(0)
+    model = IDM(
+        backbone=BACKBONES[backbone], image_channels=op.image_shape[0], steps=steps, **kwargs
+    ).double()
+    if perturb:
+        # Move learnable scalars off their init (m = 0, w_0 = 0, equal α, v) so that every
+        # coupling term is exercised and no gradient vanishes by symmetry.
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def _data(op, batch: int = 1, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, *op.image_shape, generator=g, dtype=torch.float64)
+    return x, op.A(x)
+
+
+def _loss_and_grads(model: IDM, mode: str, y, op, x) -> tuple[float, dict[str, torch.Tensor]]:
+    model.set_memory_mode(mode)
+    model.zero_grad(set_to_none=True)
+    loss = (model(y, op) - x).abs().mean()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.item(), grads
+
+
+_EQUALITY_CASES = [(b, t, "gaussian_cs") for b in BACKBONES for t in (1, 3, 5)] + [
+    (b, 3, name) for b in BACKBONES for name in OPERATOR_KWARGS if name != "gaussian_cs"
+]
+
+
+@pytest.mark.parametrize(("backbone", "steps", "op_name"), _EQUALITY_CASES)
+def test_memory_modes_give_autograd_loss_and_gradients(backbone, steps, op_name):
+    op = _operator(op_name)
+    nonlinearity = _pinv_nonlinearity(op)
+    if nonlinearity > 1e-9:
+        pytest.skip(
+            f"{op_name}: A† is not a fixed linear map to round-off (relative nonlinearity "
+            f"{nonlinearity:.1e}; unconverged iterative solver), so gradients cannot agree to 1e-5"
+        )
+    model = _model(backbone, op, steps)
+    x, y = _data(op)
+    ref_loss, ref = _loss_and_grads(model, "autograd", y, op, x)
+    # Every parameter reaches the loss (a silently detached one would pass the comparison).
+    assert set(ref) == {n for n, _ in model.named_parameters()}
+    # Some gradients are zero in exact arithmetic (e.g. the last injector's conv2 bias when a
+    # GroupNorm group spans whole r² channel sets): relative to a floor of 1e-9 × the total.
+    floor = 1e-9 * torch.sqrt(sum(g.square().sum() for g in ref.values()))
+    for mode in ("checkpoint", "level1", "level1+2"):
+        loss, grads = _loss_and_grads(model, mode, y, op, x)
+        assert loss == pytest.approx(ref_loss, rel=1e-12)
+        assert set(grads) == set(ref)
+        for name, g in grads.items():
+            err = (g - ref[name]).norm() / torch.maximum(ref[name].norm(), floor)
+            assert err < 1e-5, f"{mode}: gradient of {name} differs by {err:.2e} (relative)"
+
+
+@pytest.mark.parametrize("dtype, bound", [(torch.float64, 1e-10), (torch.float32, 1e-3)])
+def test_inverse_pass_reconstructs_step_inputs(dtype, bound):
+    op = _operator("gaussian_cs").to(dtype)
+    model = _model("small", op, steps=5).to(dtype)
+    x, y = _data(op, batch=2)
+    with torch.no_grad():
+        functions, v, x_T, h_T = model.coupling_inputs(y.to(dtype), op)
+        fwd = forward_states(functions, v, x_T, h_T)
+        inv = invert_sequence(functions, v, *fwd[-1])
+    worst = 0.0
+    for (xf, hf), (xi, hi) in zip(fwd, inv, strict=True):
+        for ref, rec in ((xf, xi), (hf, hi)):
+            worst = max(worst, float((rec - ref).norm() / ref.norm()))  # no grad here
+    print(f"inverse-pass max relative error ({dtype}): {worst:.3e}")
+    assert worst < bound
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_samples_are_independent_of_the_batch(backbone):
+    op = _operator("gaussian_cs")
+    model = _model(backbone, op).eval()
+    _, y = _data(op, batch=3)
+    with torch.no_grad():
+        batched = model(y, op)
+        alone = torch.cat([model(y[i : i + 1], op) for i in range(3)])
+    torch.testing.assert_close(batched, alone, rtol=1e-10, atol=1e-12)
+
+
+def test_bad_inputs_raise_clear_errors():
+    op = _operator("gaussian_cs")
+    model = _model("small", op, perturb=False)
+    _, y = _data(op, batch=2)
+    with pytest.raises(ValueError, match=r"IDM expected y of shape \(B, 1, 4, 16\)"):
+        model(y[..., :10], op)
+    bad = y.clone()
+    bad[0, 0, 1, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        model(bad, op)
+    with pytest.raises(ValueError, match="steps"):
+        IDM(backbone=BACKBONES["small"], steps=0)
+    with pytest.raises(ValueError, match="image_channels=2"):
+        IDM(backbone=BACKBONES["small"], image_channels=2).double()(y, op)
+    with pytest.raises(ValueError, match="coupling=False"):
+        IDM(backbone=BACKBONES["small"], coupling=False).set_memory_mode("level1")
+    with pytest.raises(ValueError, match="memory mode"):
+        model.set_memory_mode("fast")
+
+
+def test_plain_ddnm_variant_modes_agree_and_reject_reversible():
+    op = _operator("superres")
+    model = _model("small", op, steps=2, coupling=False)
+    x, y = _data(op)
+    loss_a, ga = _loss_and_grads(model, "autograd", y, op, x)
+    loss_c, gc = _loss_and_grads(model, "checkpoint", y, op, x)
+    assert loss_c == pytest.approx(loss_a, rel=1e-12)
+    for name in ga:
+        torch.testing.assert_close(gc[name], ga[name], rtol=1e-8, atol=1e-12)
+    with pytest.raises(ValueError, match="level1"):
+        model.set_memory_mode("level1+2")
+
+
+def test_initial_schedule_and_data_consistency():
+    op = _operator("inpainting")  # exact A† (gaussian_cs is orthonormal to ~1e-7 only)
+    model = _model("small", op, perturb=False, coupling=False)
+    abar = model.alphas_cumprod().detach()
+    torch.testing.assert_close(abar, torch.tensor([1, 0.5, 0.25, 0.125], dtype=torch.float64))
+    _, y = _data(op, batch=2)
+    with torch.no_grad():
+        out = model(y, op)
+    # Without coupling the last step ends with the range–null-space projection: A x̂ = y.
+    torch.testing.assert_close(op.A(out), y, rtol=1e-9, atol=1e-9)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    op = _operator("inpainting")
+    model = _model("sd", op).eval()
+    _, y = _data(op, batch=2)
+    model.save_pretrained(tmp_path, operator=op)
+    assert (tmp_path / "config.json").is_file() and (tmp_path / "model.safetensors").is_file()
+    loaded = IDM.from_pretrained(tmp_path).eval()
+    assert loaded.config.operator["name"] == "inpainting"
+    with torch.no_grad():
+        expected = model(y, op)
+        torch.testing.assert_close(loaded(y, op), expected, rtol=0, atol=0)
+        # The checkpoint carries its operator: no operator argument needed.
+        torch.testing.assert_close(loaded(y), expected, rtol=0, atol=0)
+
+
+def test_ddnm_sampler_is_seeded_and_data_consistent():
+    op = _operator("inpainting")
+    _, y = _data(op, batch=2)
+    abar = linear_alphas_cumprod()
+    assert abar.shape == (1000,) and abar[0] == pytest.approx(1 - 1e-4)
+    calls = []
+
+    def estimator(x):
+        calls.append(1)
+        return 0.1 * x
+
+    a = ddnm_sample(y, op, estimator, steps=20, seed=3)
+    b = ddnm_sample(y, op, estimator, steps=20, seed=3)
+    c = ddnm_sample(y, op, estimator, steps=20, seed=4)
+    assert len(calls) == 60
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (a - c).abs().max() > 1e-3
+    torch.testing.assert_close(op.A(a), y, rtol=1e-10, atol=1e-10)
