@@ -131,6 +131,27 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from .backbones import sd_layout_config, small_unet_config
+    from .model import IDM
+
+    torch.manual_seed(args.seed)
+    kwargs = dict(image_channels=args.image_channels, steps=args.steps)
+    if args.pretrained:
+        model, report = IDM.from_sd_unet(args.pretrained, **kwargs)
+        for key, names in report.items():
+            logger.info("%s: %d tensors", key, len(names))
+    else:
+        config = sd_layout_config() if args.backbone == "sd" else small_unet_config()
+        model = IDM(backbone=config, **kwargs)
+    model.save_pretrained(args.output)
+    print(
+        f"wrote {args.output}: IDM T={args.steps}, {model.num_parameters():,} parameters "
+        f"({model.num_parameters(injectors_only=True):,} in injectors)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="idm-med",
@@ -189,6 +210,27 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--factor", type=int, default=4, help="super-resolution factor")
     rec.add_argument("--seed", type=int, default=0)
     rec.set_defaults(func=cmd_reconstruct)
+
+    init = sub.add_parser(
+        "init",
+        help="create an (untrained) IDM checkpoint directory, optionally from a local SD UNet",
+        description="Build an IDM model and write it with save_pretrained (config.json + "
+        "model.safetensors). With --pretrained, the backbone is Stable Diffusion v1.5's UNet "
+        "trimmed as in the paper, loaded from a local diffusers directory (nothing is "
+        "downloaded); otherwise it is randomly initialised.",
+    )
+    init.add_argument("output", help="checkpoint directory to write")
+    init.add_argument("--pretrained", help="local diffusers UNet directory (SD v1.5 layout)")
+    init.add_argument(
+        "--backbone",
+        choices=["small", "sd"],
+        default="small",
+        help="architecture when --pretrained is not given",
+    )
+    init.add_argument("--image-channels", type=int, default=1, help="1, or 2 for complex MRI")
+    init.add_argument("--steps", type=int, default=3, help="unrolled steps T")
+    init.add_argument("--seed", type=int, default=0)
+    init.set_defaults(func=cmd_init)
     return parser
 
 
@@ -200,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         code = args.func(args)
-    except ValueError as exc:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line, no traceback
         logger.error("%s", exc)
         code = 2
     sys.exit(code)

@@ -182,12 +182,26 @@ class IDM(nn.Module, ConfigMixin):
         # recomputation rebuilds the graph to alpha_raw.
         abar = self.alphas_cumprod()
         injectors = self.injectors[index] if self.injectors is not None else None
-        eps = self.backbone(x, injectors, ctx, level2_mode)
+        eps = self._unpad(self.backbone(self._pad(x), injectors, ctx, level2_mode), x)
         x0 = (x - torch.sqrt(1 - abar[t]) * eps) / torch.sqrt(abar[t])
         x0 = x0 - operator.A_pinv(operator.A(x0) - y)
         if t == 1:  # ᾱ_0 = 1: the output is the projected estimate (avoids d√0 = ∞)
             return x0
         return torch.sqrt(abar[t - 1]) * x0 + torch.sqrt(1 - abar[t - 1]) * eps
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Replicate-pad ``(B, C, H, W)`` at the bottom/right to the backbone's size multiple
+        (the UNet downsamples), so any image size can be reconstructed."""
+        m = self.backbone.size_multiple
+        pad_h, pad_w = -x.shape[-2] % m, -x.shape[-1] % m
+        if pad_h == 0 and pad_w == 0:
+            return x
+        return nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+
+    @staticmethod
+    def _unpad(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Crop ``x`` back to the spatial size of ``like`` (inverse of :meth:`_pad`)."""
+        return x[..., : like.shape[-2], : like.shape[-1]]
 
     def _resolve_operator(self, operator: nn.Module | None) -> nn.Module:
         if operator is None:
@@ -208,11 +222,6 @@ class IDM(nn.Module, ConfigMixin):
             raise ValueError(
                 f"operator {operator.config.get('name')!r} acts on {shape[0]}-channel images "
                 f"but this model was built for image_channels={self.image_channels}"
-            )
-        m = self.backbone.size_multiple
-        if shape[1] % m or shape[2] % m:
-            raise ValueError(
-                f"operator image size {shape[1:]} must be a multiple of {m} for this backbone"
             )
         try:
             operator.check_measurement(y, "y")
@@ -238,7 +247,13 @@ class IDM(nn.Module, ConfigMixin):
         operator = self._resolve_operator(operator)
         self._validate(y, operator)
         x_pinv = operator.A_pinv(y)
-        ctx = InjectorContext(x_pinv=x_pinv, AtA=operator.AtA) if self.injectors else None
+        ctx = None
+        if self.injectors:
+            # Injectors work at the backbone's (padded) size; the operator at its own.
+            ctx = InjectorContext(
+                x_pinv=self._pad(x_pinv),
+                AtA=lambda f: self._pad(operator.AtA(self._unpad(f, x_pinv))),
+            )
         functions = [
             partial(self._step, i, y=y, operator=operator, ctx=ctx, level2_mode=level2_mode)
             for i in range(self.steps)

@@ -234,3 +234,20 @@ def test_ddnm_sampler_is_seeded_and_data_consistent():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (a - c).abs().max() > 1e-3
     torch.testing.assert_close(op.A(a), y, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_any_image_size_is_padded_for_the_backbone(backbone):
+    """Sizes that are not multiples of the UNet's downsampling are padded internally and
+    cropped back; the memory modes still agree and the data stay consistent."""
+    op = make_operator("inpainting", image_size=(13, 18), missing_ratio=0.5).double()
+    model = _model(backbone, op, steps=2)
+    assert 13 % model.backbone.size_multiple and 18 % model.backbone.size_multiple
+    x, y = _data(op)
+    ref_loss, ref = _loss_and_grads(model, "autograd", y, op, x)
+    loss, grads = _loss_and_grads(model, "level1+2", y, op, x)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    for name, g in grads.items():
+        assert torch.allclose(g, ref[name], rtol=1e-6, atol=1e-12), name
+    with torch.no_grad():
+        assert model(y, op).shape == (1, 1, 13, 18)
