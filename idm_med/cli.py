@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="reconstruct a bundled fastMRI brain slice and write a comparison PNG",
         description="Undersample the bundled single-coil fastMRI brain sample (simulated "
         "k-space of the MNI152 template), reconstruct one slice, print PSNR/SSIM against the "
@@ -177,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rec = sub.add_parser(
         "reconstruct",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="reconstruct a fastMRI .h5, a CT DICOM folder, a NIfTI volume or an image",
         description="The input format is detected from the path. fastMRI files that are "
         "fully sampled are undersampled retrospectively (mask seeded from the file name); "
@@ -213,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser(
         "init",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="create an (untrained) IDM checkpoint directory, optionally from a local SD UNet",
         description="Build an IDM model and write it with save_pretrained (config.json + "
         "model.safetensors). With --pretrained, the backbone is Stable Diffusion v1.5's UNet "
