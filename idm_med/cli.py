@@ -172,8 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo_output", help="output folder")
     demo.add_argument("--acceleration", type=float, default=4.0, help="undersampling factor")
     demo.add_argument("--slice", type=int, default=1, help="slice of the sample volume")
-    demo.add_argument("--checkpoint", help="IDM checkpoint directory (default: TV baseline)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--checkpoint", help="IDM checkpoint directory; without it the TV baseline runs"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="torch seed")
     demo.set_defaults(func=cmd_demo)
 
     rec = sub.add_parser(
@@ -210,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ratio", type=float, default=0.25, help="CS sampling ratio / inpainting missing ratio"
     )
     rec.add_argument("--factor", type=int, default=4, help="super-resolution factor")
-    rec.add_argument("--seed", type=int, default=0)
+    rec.add_argument("--seed", type=int, default=0, help="NIfTI mask and CT noise seed")
     rec.set_defaults(func=cmd_reconstruct)
 
     init = sub.add_parser(
@@ -232,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--image-channels", type=int, default=1, help="1, or 2 for complex MRI")
     init.add_argument("--steps", type=int, default=3, help="unrolled steps T")
-    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     init.set_defaults(func=cmd_init)
     return parser
 
