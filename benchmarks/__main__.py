@@ -1,4 +1,4 @@
-"""Run a benchmark suite: ``python -m benchmarks {operators,memory,speed} [--help]``."""
+"""Run a benchmark suite: ``python -m benchmarks {operators,memory,speed,mri} [--help]``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ SUITES = {
     "operators": "time A, At and A_pinv of every operator (results/operators.md)",
     "memory": "training-step memory of the IDM modes over T (results/memory.md)",
     "speed": "reconstruction time of IDM (T=3) against DDNM (100 steps) (results/speed.md)",
+    "mri": "MRI quality on held-out data: zero-filled, TV, IDM (results/mri.md)",
 }
 
 
