@@ -400,7 +400,9 @@ class NoiseEstimator(nn.Module):
         if ctx is not None and ctx.x_pinv.requires_grad:
             params.append(ctx.x_pinv)
         mode = "reversible" if reversible else "autograd"
-        return group(h, mode=mode, functions=fns, extra_params=params)
+        # Gradients of leaf parameters go straight into .grad (no full-model copy).
+        leaves = all(p.is_leaf for p in params)
+        return group(h, mode=mode, functions=fns, extra_params=params, accumulate_grad=leaves)
 
     # -- introspection ---------------------------------------------------------------
     def num_parameters(self) -> int:

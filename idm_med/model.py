@@ -147,7 +147,12 @@ class IDM(nn.Module, ConfigMixin):
         return constrained_unit_interval(self.v_raw, self.v_min, 1.0 - self.v_min)
 
     def set_memory_mode(self, mode: str) -> IDM:
-        """Choose how gradients are computed (see the module docstring); returns ``self``."""
+        """Choose how gradients are computed (see the module docstring); returns ``self``.
+
+        The ``level1`` modes add parameter gradients directly into ``.grad`` during the
+        backward: train with ``loss.backward()`` (``torch.autograd.grad`` w.r.t. the
+        parameters sees only the non-reversible part).
+        """
         self._check_mode(mode)
         self.memory_mode = mode
         return self
@@ -286,7 +291,9 @@ class IDM(nn.Module, ConfigMixin):
             for n, p in self.named_parameters()
             if p.requires_grad and n not in ("v_raw", "w_T", "w_0")
         ]
-        x0, h0 = coupled_sequence(functions, v, x, h, params, mode=seq_mode)
+        # Leaf parameters accumulate straight into .grad in the reversible backward, so no
+        # full copy of the parameter gradients is held (train with loss.backward()).
+        x0, h0 = coupled_sequence(functions, v, x, h, params, mode=seq_mode, accumulate_grad=True)
         return x0 + self.w_0 * h0
 
     # -- persistence -------------------------------------------------------------------

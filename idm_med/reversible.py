@@ -289,16 +289,23 @@ class _ReversibleCoupling(torch.autograd.Function):
 
             grads: Sequence[torch.Tensor | None] = [None] * len(inputs)
             if inputs and f_out.requires_grad:
-                grads = torch.autograd.grad(
-                    f_out, inputs, grad_outputs=u_i * g_x, allow_unused=True
-                )
+                if options["accumulate_grad"]:
+                    # Add each parameter's gradient into its .grad as soon as the engine
+                    # produces it, instead of collecting a full-model copy per step.
+                    torch.autograd.backward(f_out, grad_tensors=u_i * g_x, inputs=inputs)
+                    grads = [x_i.grad] if want_x else []
+                else:
+                    grads = torch.autograd.grad(
+                        f_out, inputs, grad_outputs=u_i * g_x, allow_unused=True
+                    )
             if need_v:
                 grad_v[i] = (g_x * (h_i - f_val)).sum()
             offset = 1 if want_x else 0
-            for k, j in enumerate(wanted):
-                g = grads[offset + k]
-                if g is not None:
-                    grad_params[j] = g if grad_params[j] is None else grad_params[j] + g
+            if not options["accumulate_grad"]:
+                for k, j in enumerate(wanted):
+                    g = grads[offset + k]
+                    if g is not None:
+                        grad_params[j] = g if grad_params[j] is None else grad_params[j].add_(g)
             g_fx = grads[0] if want_x else None
             # Chain rule through the coupling (see module docstring).
             g_x, g_h = (g_h if g_fx is None else g_h + g_fx), v_i * g_x
@@ -342,6 +349,7 @@ def coupled_sequence(
     preserve_rng_state: bool = True,
     check_recompute: bool = False,
     check_rtol: float = 1e-4,
+    accumulate_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Runs K coupled steps and returns :math:`(x_K, h_K)`.
 
@@ -364,6 +372,12 @@ def coupled_sequence(
         check_recompute: reversible mode: warn if a recomputed ``f_i(x_i)`` differs from the
             forward pass by more than ``check_rtol`` (relative, in norm).
         check_rtol: tolerance of ``check_recompute``.
+        accumulate_grad: reversible mode: add the gradients of ``params`` (which must all
+            be leaves) straight into their ``.grad`` during the backward, instead of
+            returning them through autograd. This avoids holding a full copy of the
+            parameter gradients (the dominant memory for large backbones at small image
+            sizes), but the gradients then only reach ``.grad``: use ``loss.backward()``,
+            not ``torch.autograd.grad(loss, params)``.
 
     Returns:
         ``(x_K, h_K)``, each of shape ``S``.
@@ -404,10 +418,13 @@ def coupled_sequence(
         # track any tensor the caller forgot to list.
         logger.debug("reversible mode: no input requires grad, running a plain loop")
         return _plain_loop(functions, v, x, h)
+    if accumulate_grad and not all(p.is_leaf for p in uniq):
+        raise ValueError("accumulate_grad=True needs every tensor in params to be a leaf")
     options = {
         "preserve_rng_state": preserve_rng_state,
         "check_recompute": check_recompute,
         "check_rtol": check_rtol,
+        "accumulate_grad": accumulate_grad,
     }
     return _ReversibleCoupling.apply(list(functions), options, x, h, v, *uniq)
 
@@ -535,18 +552,26 @@ class ReversibleBlockGroup(nn.Module):
         mode: str = "reversible",
         functions: Sequence[TensorFn] | None = None,
         extra_params: Sequence[torch.Tensor] = (),
+        accumulate_grad: bool = False,
     ) -> torch.Tensor:
         """``x`` of shape ``S`` -> ``x_K + m h_K`` of shape ``S``.
 
         ``functions`` replaces the stored callables for this call (e.g. closures over the
         current batch's measurement); it must hold K entries. ``extra_params`` adds tensors
-        those closures use that require grad.
+        those closures use that require grad. ``accumulate_grad``: see
+        :func:`coupled_sequence`.
         """
         fns = self.functions if functions is None else list(functions)
         if len(fns) != self.v_raw.numel():
             raise ValueError(f"functions must hold K = {self.v_raw.numel()} callables")
         x_k, h_k = coupled_sequence(
-            fns, self.v, x, x, params=self.coupling_params(extra_params), mode=mode
+            fns,
+            self.v,
+            x,
+            x,
+            params=self.coupling_params(extra_params),
+            mode=mode,
+            accumulate_grad=accumulate_grad,
         )
         return x_k + self.m * h_k
 

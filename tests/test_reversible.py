@@ -356,3 +356,41 @@ def test_block_group_init_bounds_and_closures():
         ]
     for gg, rr in zip(grads["reversible"], grads["autograd"], strict=True):
         assert _rel(gg, rr) < 1e-8
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_accumulate_grad_matches_autograd(shared: bool):
+    """With accumulate_grad, leaf-parameter gradients are added straight into .grad and
+    equal plain autograd's (the schedule is then a leaf tensor used inside the closures)."""
+    torch.manual_seed(0)
+    K = 3
+    nets = nn.ModuleList([_net(0)] * K if shared else [_net(i) for i in range(K)])
+    x = torch.randn(SHAPE, dtype=DT, requires_grad=True)
+    v = torch.full((K,), 0.4, dtype=DT, requires_grad=True)
+    w = torch.randn(SHAPE, dtype=DT)
+    params = list({id(p): p for p in nets.parameters()}.values())
+
+    def grads(mode: str, accumulate: bool):
+        for t in [x, v, *params]:
+            t.grad = None
+        fns = [nets[i] for i in range(K)]
+        x_k, h_k = coupled_sequence(
+            fns, v, x, x * 0.5, params=params, mode=mode, accumulate_grad=accumulate
+        )
+        ((w * x_k).sum() + (x_k * h_k).mean()).backward()
+        return [t.grad.clone() for t in [x, v, *params]]
+
+    ref = grads("autograd", False)
+    for got, want in zip(grads("reversible", True), ref, strict=True):
+        assert _rel(got, want) < 1e-10
+    # Non-leaf params cannot be accumulated into .grad.
+    with pytest.raises(ValueError, match="needs every tensor in params to be a leaf"):
+        coupled_sequence(
+            [nets[0]],
+            v[:1],
+            x,
+            x,
+            params=[params[0] * 1.0],
+            mode="reversible",
+            accumulate_grad=True,
+        )

@@ -1,0 +1,604 @@
+"""Training-step memory of the IDM memory modes over T: ``python -m benchmarks memory``.
+
+One training step is ``x̂ = IDM(y, A)``, ``loss = mean|x̂ - x|`` (L1), ``loss.backward()`` with
+gradient buffers allocated up front and zeroed in place, batch 1, 1-channel images, the Gaussian CS
+operator at ratio 0.1. For every backbone, T and memory mode it reports
+
+* ``saved_total``: bytes autograd saved for backward over the whole step, counted with
+  :func:`torch.autograd.graph.saved_tensors_hooks` (one storage counted once while alive;
+  parameters, buffers and the inputs excluded);
+* ``saved_peak``: the peak of the *live* saved bytes of those hooks over the step. In the
+  reversible modes the forward saves almost nothing and the backward recomputes one step at
+  a time, so this peak (not the forward total) is the honest figure. Blind spot: tensors
+  held by ``torch.utils.checkpoint`` are invisible to outer hooks (its own hooks take
+  precedence), which under-counts ``checkpoint`` and the checkpointed parts of ``level1+2``;
+* ``alloc_peak``: the peak of live tensor bytes allocated during the step (activations,
+  temporaries and the gradients), tracked per tensor with a
+  :class:`~torch.utils._python_dispatch.TorchDispatchMode` and finalizers. This sees
+  everything, checkpoint included: it is the CPU analogue of ``max_memory_allocated``;
+* ``rss_peak``: peak process RSS (``ru_maxrss``) of the steps minus the RSS right after
+  building the model, measured in a fresh (forked) process per configuration, with glibc's
+  mmap threshold fixed so freed tensors are returned to the OS;
+* ``cuda_peak``: ``torch.cuda.max_memory_allocated`` of one step on the GPU, when present;
+* ``time``: the median step time over ``--repeats`` steps after one warm-up step (the
+  warm-up is the metered one, metering slows it down).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from benchmarks.machine import describe_machine
+from idm_med.backbones import sd_layout_config, small_unet_config
+from idm_med.model import IDM, MEMORY_MODES
+from idm_med.operators import make_operator
+
+logger = logging.getLogger(__name__)
+RESULTS = Path(__file__).parent / "results"
+COMMAND = "python -m benchmarks memory"
+BACKBONES = {"sd": sd_layout_config, "small": small_unet_config}
+DEFAULT_SIZES = {"sd": 32, "small": 128}
+DEFAULT_REPEATS = {"sd": 1, "small": 3}  # timed steps; keeps the default run near 15 min
+MB = 2**20
+
+
+# -- meters -------------------------------------------------------------------------------
+def _storage_key(t: torch.Tensor) -> tuple[int, int] | None:
+    """``(data_ptr, nbytes)`` of the tensor's storage, or ``None`` for storage-less tensors."""
+    try:
+        st = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return None
+    return (st.data_ptr(), st.nbytes()) if st.nbytes() else None
+
+
+class _LiveBytes:
+    """Reference-counted live bytes per storage, with the running peak."""
+
+    def __init__(self, excluded: set[int]) -> None:
+        self.excluded = excluded
+        self.refs: dict[int, int] = {}
+        self.size: dict[int, int] = {}
+        self.current = 0
+        self.peak = 0
+        self.total = 0  # bytes of every storage that became live (a storage counted once)
+
+    def acquire(self, t: torch.Tensor) -> int | None:
+        key = _storage_key(t)
+        if key is None or key[0] in self.excluded:
+            return None
+        ptr, nbytes = key
+        if ptr not in self.refs:
+            self.refs[ptr], self.size[ptr] = 0, nbytes
+            self.current += nbytes
+            self.total += nbytes
+            self.peak = max(self.peak, self.current)
+        self.refs[ptr] += 1
+        return ptr
+
+    def release(self, ptr: int) -> None:
+        self.refs[ptr] -= 1
+        if self.refs[ptr] == 0:
+            del self.refs[ptr]
+            self.current -= self.size.pop(ptr)
+
+
+class _Packed:
+    """A saved tensor; its lifetime is that of autograd's saved entry (released on ``del``)."""
+
+    __slots__ = ("tensor", "ptr", "meter")
+
+    def __init__(self, tensor: torch.Tensor, ptr: int, meter: _LiveBytes) -> None:
+        self.tensor, self.ptr, self.meter = tensor, ptr, meter
+
+    def __del__(self) -> None:
+        self.meter.release(self.ptr)
+
+
+class SavedTensorMeter(torch.autograd.graph.saved_tensors_hooks):
+    """Counts what autograd saves for backward: ``total`` bytes and the ``peak`` live bytes.
+
+    Storages whose ``data_ptr`` is in ``excluded`` (parameters, buffers, inputs) are ignored.
+    """
+
+    def __init__(self, excluded: set[int]) -> None:
+        self.bytes = _LiveBytes(excluded)
+
+        def pack(t: torch.Tensor) -> Any:
+            ptr = self.bytes.acquire(t)
+            return t if ptr is None else _Packed(t, ptr, self.bytes)
+
+        def unpack(obj: Any) -> torch.Tensor:
+            return obj.tensor if isinstance(obj, _Packed) else obj
+
+        super().__init__(pack, unpack)
+
+
+class AllocationMeter(TorchDispatchMode):
+    """Peak live bytes of tensors created while active (every ATen op's outputs).
+
+    A storage is live while any tensor created on it by an op is alive (finalizers on the
+    tensors); storages in ``excluded`` are ignored.
+    """
+
+    def __init__(self, excluded: set[int]) -> None:
+        super().__init__()
+        self.bytes = _LiveBytes(excluded)
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                ptr = self.bytes.acquire(t)
+                if ptr is not None:
+                    weakref.finalize(t, self.bytes.release, ptr)
+        return out
+
+
+# -- one configuration --------------------------------------------------------------------
+def build(
+    backbone: str, size: int, steps: int, seed: int = 0
+) -> tuple[IDM, nn.Module, torch.Tensor, torch.Tensor]:
+    """``(model, operator, x, y)`` for one configuration (random weights and image, seeded)."""
+    torch.manual_seed(seed)
+    model = IDM(backbone=BACKBONES[backbone](), image_channels=1, steps=steps)
+    op = make_operator("gaussian_cs", image_size=size, ratio=0.1, block_size=min(32, size))
+    x = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(seed))
+    return model, op, x, op.A(x)
+
+
+def train_step(
+    model: IDM, op: nn.Module, x: torch.Tensor, y: torch.Tensor, set_to_none: bool = True
+) -> float:
+    """Forward, L1 loss to ``x``, backward (gradients zeroed first); returns the loss."""
+    model.zero_grad(set_to_none=set_to_none)
+    loss = (model(y, op) - x).abs().mean()
+    loss.backward()
+    return float(loss.detach())
+
+
+def _current_rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _max_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _fix_mmap_threshold() -> None:
+    """Make glibc serve large blocks by mmap (returned on free) so RSS tracks live memory."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+    except OSError:
+        pass
+
+
+def _cuda_peak(model: IDM, op: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int | None:
+    """Bytes above the resting allocation during one GPU step (``None`` without a GPU)."""
+    if not torch.cuda.is_available():
+        return None
+    dev = torch.device("cuda")
+    model, op, x, y = model.to(dev), op.to(dev), x.to(dev), y.to(dev)
+    train_step(model, op, x, y)  # warm-up (allocates gradients once)
+    model.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    train_step(model, op, x, y)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    model.cpu(), op.cpu()
+    return int(peak)
+
+
+def measure(backbone: str, size: int, steps: int, mode: str, repeats: int = 2) -> dict:
+    """All figures of one configuration, measured in the current process (see module doc)."""
+    model, op, x, y = build(backbone, size, steps)
+    model.set_memory_mode(mode)
+    rss_built = _current_rss()
+    # Gradients are allocated up front (and zeroed in place, not freed, between steps) so
+    # the tensor meters see activations and temporaries only; RSS still includes them.
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    tensors = [*model.parameters(), *model.buffers(), *op.buffers(), x, y]
+    tensors += [p.grad for p in model.parameters()]
+    excluded = {t.untyped_storage().data_ptr() for t in tensors}
+    saved, alloc = SavedTensorMeter(excluded), AllocationMeter(excluded)
+    with saved, alloc:  # the metered step doubles as the warm-up
+        loss = train_step(model, op, x, y, set_to_none=False)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        train_step(model, op, x, y, set_to_none=False)
+        times.append(time.perf_counter() - t0)
+    rss_peak = _max_rss() - rss_built
+    grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return dict(
+        backbone=backbone,
+        size=size,
+        steps=steps,
+        mode=mode,
+        loss=loss,
+        saved_total=saved.bytes.total,
+        saved_peak=saved.bytes.peak,
+        alloc_peak=alloc.bytes.peak,
+        rss_peak=rss_peak,
+        cuda_peak=_cuda_peak(model, op, x, y),
+        grad_bytes=grad_bytes,
+        parameters=sum(p.numel() for p in model.parameters()),
+        time=statistics.median(times) if times else float("nan"),
+        times=times,
+    )
+
+
+def _child(conn: Any, kwargs: dict) -> None:
+    _fix_mmap_threshold()
+    try:
+        conn.send(measure(**kwargs))
+    except Exception as err:  # report instead of hanging the parent
+        conn.send({"error": repr(err)})
+    conn.close()
+
+
+def measure_in_subprocess(**kwargs: Any) -> dict:
+    """:func:`measure` in a forked process (fresh ``ru_maxrss``; imports are inherited)."""
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, kwargs))
+    proc.start()
+    child.close()
+    result = parent.recv()
+    proc.join()
+    if "error" in result:
+        raise RuntimeError(f"measuring {kwargs} failed: {result['error']}")
+    return result
+
+
+def grad_check(backbone: str, size: int, steps: int) -> dict:
+    """Gradient and loss agreement of every mode with ``autograd``.
+
+    ``grad_rel`` = max over parameters of ``max|g - g_ref|`` divided by the largest gradient
+    entry of the model (per-parameter ratios are meaningless for gradients that are zero in
+    exact arithmetic, e.g. attention key biases); ``grad_rel_l2`` = ``‖g - g_ref‖ / ‖g_ref‖``
+    over all parameters.
+    """
+    model, op, x, y = build(backbone, size, steps)
+    ref_loss, ref = None, {}
+    out = {}
+    for mode in MEMORY_MODES:
+        loss = train_step(model.set_memory_mode(mode), op, x, y)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        if mode == "autograd":
+            ref_loss, ref = loss, grads
+            continue
+        scale = max(float(g.abs().max()) for g in ref.values())
+        diff = torch.cat([(grads[n] - g).flatten() for n, g in ref.items()])
+        norm = torch.cat([g.flatten() for g in ref.values()]).norm()
+        out[mode] = dict(
+            grad_rel=max(float((grads[n] - g).abs().max()) for n, g in ref.items()) / scale,
+            grad_rel_l2=float(diff.norm() / norm),
+            loss_rel=abs(loss - ref_loss) / abs(ref_loss),
+        )
+    return dict(backbone=backbone, size=size, steps=steps, modes=out)
+
+
+# -- the suite ----------------------------------------------------------------------------
+def run(
+    backbones: list[str],
+    sizes: dict[str, int],
+    steps: list[int],
+    repeats: dict[str, int],
+    subprocess: bool = True,
+) -> list[dict]:
+    rows = []
+    for backbone in backbones:
+        for T in steps:
+            for mode in MEMORY_MODES:
+                kw = dict(backbone=backbone, size=sizes[backbone], steps=T, mode=mode)
+                kw["repeats"] = repeats[backbone]
+                r = measure_in_subprocess(**kw) if subprocess else None
+                if r is None:
+                    r = measure(**kw)
+                    r["rss_peak"] = None  # in-process ru_maxrss is not per-configuration
+                logger.info(
+                    "%-5s %3d² T=%d %-10s saved %8.1f MB (peak %8.1f)  alloc peak %8.1f MB  "
+                    "rss %s  %.2fs  loss %.6f",
+                    backbone,
+                    r["size"],
+                    T,
+                    mode,
+                    r["saved_total"] / MB,
+                    r["saved_peak"] / MB,
+                    r["alloc_peak"] / MB,
+                    "n/a" if r["rss_peak"] is None else f"{r['rss_peak'] / MB:.1f} MB",
+                    r["time"],
+                    r["loss"],
+                )
+                rows.append(r)
+    return rows
+
+
+def _find(rows: list[dict], backbone: str, steps: int, mode: str) -> dict | None:
+    for r in rows:
+        if (r["backbone"], r["steps"], r["mode"]) == (backbone, steps, mode):
+            return r
+    return None
+
+
+def targets(rows: list[dict], backbone: str = "sd") -> list[dict]:
+    """The project's targets evaluated on ``backbone`` for each memory figure.
+
+    The primary figure is ``alloc_peak``: the activation (and temporary) memory the modes
+    are about; the gradient buffers, the same in every mode, are excluded from it.
+    """
+    out = []
+    steps = sorted({r["steps"] for r in rows if r["backbone"] == backbone})
+    if not steps:
+        return out
+    lo, hi = steps[0], steps[-1]
+    t3 = 3 if 3 in steps else steps[len(steps) // 2]
+
+    def get(T: int, mode: str, key: str) -> float | None:
+        r = _find(rows, backbone, T, mode)
+        return None if r is None or r.get(key) is None else float(r[key])
+
+    for key in ("alloc_peak", "saved_peak", "rss_peak"):
+        a, b = get(lo, "level1+2", key), get(hi, "level1+2", key)
+        if a and b:
+            out.append(
+                dict(
+                    target=f"{backbone}: level1+2 flat in T ({key}): T={hi} within 15 % of T={lo}",
+                    value=f"{100 * (b / a - 1):+.1f} %",
+                    met=b <= 1.15 * a,
+                )
+            )
+        auto, l12, ck = (get(t3, m, key) for m in ("autograd", "level1+2", "checkpoint"))
+        if auto and l12 is not None:
+            saving = 100 * (1 - l12 / auto)
+            out.append(
+                dict(
+                    target=f"{backbone}: T={t3}: level1+2 ≥ 93.8 % below autograd ({key})",
+                    value=f"{saving:.1f} % below",
+                    met=saving >= 93.8,
+                )
+            )
+        # The hooks cannot see what torch.utils.checkpoint holds: no comparison on saved_peak.
+        if ck and l12 is not None and key != "saved_peak":
+            out.append(
+                dict(
+                    target=f"{backbone}: T={t3}: level1+2 below checkpoint ({key})",
+                    value=f"{l12 / MB:.1f} vs {ck / MB:.1f} MB",
+                    met=l12 < ck,
+                )
+            )
+    ta, tl = get(t3, "autograd", "time"), get(t3, "level1+2", "time")
+    if ta and tl:
+        out.append(
+            dict(
+                target=f"{backbone}: T={t3}: level1+2 step time ≤ 1.6× autograd",
+                value=f"{tl / ta:.2f}×",
+                met=tl <= 1.6 * ta,
+            )
+        )
+    return out
+
+
+def _mb(v: float | None) -> str:
+    return "n/a" if v is None else f"{v / MB:.1f}"
+
+
+def to_markdown(
+    rows: list[dict], checks: list[dict], gradcheck: dict | None, cmd: str, machine: str
+) -> str:
+    lines = [
+        "# Training-step memory of the IDM memory modes",
+        "",
+        f"Regenerate with `{cmd}`.",
+        "",
+        f"Machine: {machine}. The machine was shared with other jobs, so step",
+        "times carry noise; the memory figures are deterministic up to allocator effects.",
+        "",
+        "One step = forward, L1 loss to the target, backward (.grad zeroed in place); batch 1,",
+        "1-channel image, `gaussian_cs` ratio 0.1 (block 32). Backbones: `sd` = the paper's",
+        "trimmed SD v1.5 layout (320/640 channels), `small` = the small CPU UNet; random",
+        "weights. Columns (MB = 2^20 bytes):",
+        "",
+        "* **saved** / **saved peak**: bytes autograd saved for backward over the step /",
+        "  peak of the live saved bytes (`saved_tensors_hooks`; blind to what",
+        "  `torch.utils.checkpoint` holds, so `checkpoint` and part of `level1+2` are",
+        "  under-counted);",
+        "* **alloc peak**: peak live bytes of all tensors allocated during the step",
+        "  (activations and temporaries, transient per-step gradient copies included; a",
+        "  TorchDispatchMode tracker that sees everything, checkpoint included: the CPU",
+        "  analogue of `max_memory_allocated`). The `.grad` buffers are allocated before the",
+        "  step and zeroed in place, so they are not in it; **grads** gives their size",
+        "  (= parameter bytes). Primary figure for the targets;",
+        "* **RSS peak**: `ru_maxrss` of the steps minus the RSS after building the model, in a",
+        "  fresh forked process per row (activations + gradient buffers + allocator slack);",
+        "* **CUDA peak**: `torch.cuda.max_memory_allocated` of one step (n/a: no GPU);",
+        "* **time**: median step time over the timed steps after one (metered) warm-up step",
+        "  (1 timed step for `sd`, 3 for `small` by default: a budget of ~15 min per run).",
+        "",
+        "| backbone | size | T | mode | saved | saved peak | alloc peak | grads | RSS peak "
+        "| CUDA peak | time (s) | loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['backbone']} | {r['size']}² | {r['steps']} | {r['mode']} "
+            f"| {_mb(r['saved_total'])} | {_mb(r['saved_peak'])} | {_mb(r['alloc_peak'])} "
+            f"| {_mb(r['grad_bytes'])} | {_mb(r['rss_peak'])} | {_mb(r['cuda_peak'])} "
+            f"| {r['time']:.2f} | {r['loss']:.6f} |"
+        )
+    lines += ["", "## Agreement of the modes", ""]
+    for backbone in sorted({r["backbone"] for r in rows}):
+        worst = 0.0
+        for T in sorted({r["steps"] for r in rows if r["backbone"] == backbone}):
+            ref = _find(rows, backbone, T, "autograd")
+            if ref is None:
+                continue
+            for r in rows:
+                if (r["backbone"], r["steps"]) == (backbone, T):
+                    worst = max(worst, abs(r["loss"] - ref["loss"]) / abs(ref["loss"]))
+        lines.append(
+            f"* `{backbone}`: max relative loss difference to autograd, all T: {worst:.2e}"
+        )
+    if gradcheck:
+        g = gradcheck
+        lines.append(
+            f"* gradients, `{g['backbone']}` {g['size']}² T={g['steps']}, max relative "
+            "difference to autograd (max|Δg| / max|g| over all parameters; ‖Δg‖/‖g‖): "
+            + ", ".join(
+                f"{m} {v['grad_rel']:.2e}; {v['grad_rel_l2']:.2e}" for m, v in g["modes"].items()
+            )
+        )
+    lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for c in checks:
+        lines.append(f"| {c['target']} | {c['value']} | {'yes' if c['met'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Memory vs T per mode, one column per backbone (alloc peak and saved peak)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backbones = sorted({r["backbone"] for r in rows})
+    metrics = (
+        ("alloc_peak", "activation peak, alloc (MB)"),
+        ("saved_peak", "saved-tensor peak (MB)"),
+    )
+    fig, axes = plt.subplots(
+        len(metrics), len(backbones), figsize=(5 * len(backbones), 7), squeeze=False
+    )
+    for j, backbone in enumerate(backbones):
+        for i, (key, label) in enumerate(metrics):
+            ax = axes[i][j]
+            for mode in MEMORY_MODES:
+                pts = sorted(
+                    (r["steps"], r[key] / MB)
+                    for r in rows
+                    if r["backbone"] == backbone and r["mode"] == mode
+                )
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), marker="o", label=mode)
+            size = next(r["size"] for r in rows if r["backbone"] == backbone)
+            ax.set_title(f"{backbone} backbone, {size}²")
+            ax.set_xlabel("T (unrolled steps)")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n")[0])
+    parser.add_argument("--backbones", nargs="+", choices=sorted(BACKBONES), default=None)
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="image size per backbone, in --backbones order (default: sd 32, small 128)",
+    )
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 3, 4, 6, 8])
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed steps after the warm-up (default: sd 1, small 3, to fit ~15 min)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny in-process run (small 16², T 1 2) for tests"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on a shared, oversubscribed machine 2 threads spin-wait)",
+    )
+    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only re-render memory.md/png from the numbers in OUTPUT_DIR/memory.json",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        backbones = args.backbones or ["small"]
+        sizes = dict.fromkeys(backbones, 16)
+        steps, repeats = [1, 2], dict.fromkeys(backbones, 1)
+    else:
+        backbones = args.backbones or ["sd", "small"]
+        sizes = {b: DEFAULT_SIZES[b] for b in backbones}
+        steps = args.steps
+        repeats = {b: args.repeats or DEFAULT_REPEATS[b] for b in backbones}
+    if args.sizes:
+        if len(args.sizes) != len(backbones):
+            parser.error("--sizes takes one size per backbone")
+        sizes = dict(zip(backbones, args.sizes, strict=True))
+    t0 = time.perf_counter()
+    out = args.output_dir
+    if args.render:
+        # Re-render the table, targets and plot from the measured numbers of memory.json.
+        payload = json.loads((out / "memory.json").read_text())
+        rows, gradcheck = payload["rows"], payload["grad_check"]
+    else:
+        rows = run(backbones, sizes, steps, repeats, subprocess=not args.quick)
+        gb = "small" if "small" in backbones else backbones[0]
+        gradcheck = grad_check(gb, sizes[gb], 3 if not args.quick else 2)
+        payload = dict(
+            command=COMMAND + (" " + " ".join(argv) if argv else ""),
+            machine=describe_machine(),
+            torch_threads=torch.get_num_threads(),
+            wall_seconds=time.perf_counter() - t0,
+            rows=rows,
+            grad_check=gradcheck,
+        )
+    logger.info(
+        "grad check (%s %d², T=%d): %s",
+        gradcheck["backbone"],
+        gradcheck["size"],
+        gradcheck["steps"],
+        ", ".join(f"{m} {v['grad_rel']:.2e}" for m, v in gradcheck["modes"].items()),
+    )
+    checks = [c for b in sorted({r["backbone"] for r in rows}) for c in targets(rows, b)]
+    for c in checks:
+        logger.info("%s: %s (%s)", c["target"], c["value"], "met" if c["met"] else "NOT met")
+    payload["targets"] = checks
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "memory.md").write_text(
+        to_markdown(rows, checks, gradcheck, payload["command"], payload["machine"])
+    )
+    (out / "memory.json").write_text(json.dumps(payload, indent=1))
+    plot(rows, out / "memory.png")
+    logger.info("wrote %s (%.0f s)", out / "memory.md", time.perf_counter() - t0)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main()
