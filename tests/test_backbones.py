@@ -15,16 +15,6 @@ SD_TINY = dict(block_out_channels=(16, 32), norm_num_groups=8, attention_head_di
 SMALL_TINY = dict(block_out_channels=(8, 16, 16), norm_num_groups=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to oversubscription on a
-    shared 2-core machine (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _configs():
     return [
         pytest.param(sd_layout_config(**SD_TINY, cross_attention_dim=16), id="sd"),

@@ -10,15 +10,6 @@ import torch
 from benchmarks import memory, speed
 
 
-@pytest.fixture
-def one_thread():
-    # The shared test machine is oversubscribed; 2 OpenMP threads spin-wait there.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_saved_tensor_meter_counts_live_bytes() -> None:
     """Two saved 4-KiB activations of a tanh chain: total 8 KiB, all freed after backward."""
     w = torch.randn(32, 32, requires_grad=True)
@@ -31,7 +22,7 @@ def test_saved_tensor_meter_counts_live_bytes() -> None:
     assert meter.bytes.current == 0
 
 
-def test_memory_quick(tmp_path, one_thread) -> None:
+def test_memory_quick(tmp_path) -> None:
     memory.main(["--quick", "--output-dir", str(tmp_path)])
     data = json.loads((tmp_path / "memory.json").read_text())
     rows = {(r["steps"], r["mode"]): r for r in data["rows"]}
@@ -58,7 +49,7 @@ def test_memory_quick(tmp_path, one_thread) -> None:
     assert "| target |" in (tmp_path / "memory.md").read_text()
 
 
-def test_speed_quick(tmp_path, one_thread) -> None:
+def test_speed_quick(tmp_path) -> None:
     speed.main(["--quick", "--ddnm-steps", "20", "--output-dir", str(tmp_path)])
     row = json.loads((tmp_path / "speed.json").read_text())["rows"][0]
     assert row["idm"] > 0 and row["ddnm"] > 0

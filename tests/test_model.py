@@ -35,16 +35,6 @@ BACKBONES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to oversubscription on a
-    shared 2-core machine (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _operator(name: str):
     if name not in available_operators():
         pytest.skip(f"operator {name!r} is not registered (yet)")
