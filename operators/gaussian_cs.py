@@ -69,9 +69,8 @@ class GaussianCS(Operator):
         self.image_shape = (channels, h, w)
         self.n_blocks = h * w // n
         self.measurement_shape = (channels, self.n_blocks, q)
-        # Kept in float64 so that `op.double()` stays orthonormal to round-off; `op.float()`
-        # (or any cast) applies as usual, and inputs of another dtype cast it per call.
-        self.register_buffer("phi", orthonormal_sensing_matrix(n, q, seed))
+        self._phi64 = orthonormal_sensing_matrix(n, q, seed)  # exact master copy (CPU)
+        self.register_buffer("phi", self._phi64.float())
         if permute:
             gen = torch.Generator().manual_seed(seed + 1)
             perm = torch.randperm(h * w, generator=gen)
@@ -79,6 +78,14 @@ class GaussianCS(Operator):
             self.register_buffer("inv_perm", torch.argsort(perm))
         else:
             self.perm = self.inv_perm = None
+
+    def _apply(self, fn, *args, **kwargs):
+        # Casting the float32 buffer to float64 would keep float32's rounding (columns
+        # orthonormal only to ~1e-7): a float64 operator takes the exact matrix instead.
+        super()._apply(fn, *args, **kwargs)
+        if self.phi.dtype == torch.float64:
+            self.phi = self._phi64.to(self.phi.device)
+        return self
 
     def _to_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) → (B, C, n_blocks, block_size²)."""

@@ -87,3 +87,13 @@ def test_superres_pinv_is_replicate_upsampling():
 def test_superres_rejects_bad_factor():
     with pytest.raises(ValueError, match="factor must be a positive integer dividing"):
         make_operator("superres", image_size=10, factor=3)
+
+
+def test_gaussian_cs_double_is_exactly_orthonormal():
+    """A float32 operator cast to float64 takes the exact matrix, not float32's rounding."""
+    op = make_operator("gaussian_cs", image_size=32, ratio=0.3, block_size=16)
+    assert op.phi.dtype == torch.float32
+    op = op.double()
+    gram = op.phi.T @ op.phi
+    assert torch.allclose(gram, torch.eye(gram.shape[0], dtype=torch.float64), atol=1e-12)
+    assert op.float().phi.dtype == torch.float32
