@@ -186,3 +186,13 @@ def test_idm_checkpoint_runs_through_the_pipelines(tmp_path, capsys):
         slices=[45],
     )
     assert result.reconstruction.shape == (1, 98, 116) and np.isfinite(result.reconstruction).all()
+
+
+def test_demo_writes_png_and_metrics(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["demo", "--output", str(tmp_path)])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "zero-filled: PSNR" in out and "TV-RND: PSNR" in out
+    assert (tmp_path / "demo_mri.png").stat().st_size > 10_000
+    assert (tmp_path / "TV-RND" / "fastmri_singlecoil_brain.h5").is_file()
