@@ -95,7 +95,7 @@ def block_average(hu: np.ndarray, offset: tuple[int, int], factor: int = 2) -> n
 
 def build_ct_head(out_dir: Path) -> CTVolume:
     """Write the assembled ``ct_head`` series; returns its reference geometry."""
-    path = get_testdata_file(CT_SOURCE)
+    path = get_testdata_file(CT_SOURCE, download=False)  # never fetch at run time
     if path is None:
         raise SystemExit(f"{CT_SOURCE} not found: pip install pydicom-data")
     source = read_dicom_series(path)

@@ -239,15 +239,17 @@ def test_compressed_transfer_syntaxes_decode() -> None:
     from pydicom.data import get_testdata_file
 
     plain, jpeg_ls = (
-        get_testdata_file("MR_small.dcm"),
-        get_testdata_file("MR_small_jpeg_ls_lossless.dcm"),
+        get_testdata_file("MR_small.dcm", download=False),
+        get_testdata_file("MR_small_jpeg_ls_lossless.dcm", download=False),
     )
     if plain is None or jpeg_ls is None:
         pytest.skip("pydicom test files MR_small*.dcm not available")
     # Lossless: the decoded JPEG-LS volume equals the uncompressed one exactly.
     np.testing.assert_array_equal(read_dicom_series(jpeg_ls).hu, read_dicom_series(plain).hu)
 
-    ct = get_testdata_file("bad_sequence.dcm")  # pydicom-data: CT, JPEG lossless process 14
+    ct = get_testdata_file(
+        "bad_sequence.dcm", download=False
+    )  # pydicom-data: CT, JPEG lossless process 14
     if ct is None:
         pytest.skip("pydicom-data (bad_sequence.dcm) not installed")
     assert pydicom.dcmread(ct, stop_before_pixels=True).file_meta.TransferSyntaxUID == (
@@ -455,7 +457,7 @@ def test_dicomdir_and_other_files_skipped(tmp_path: Path) -> None:
 
     uid, _ = make_series(tmp_path / "s", 2, (8, 8))
     (tmp_path / "s" / "README.txt").write_text("scanner export")
-    dicomdir = get_testdata_file("DICOMDIR")
+    dicomdir = get_testdata_file("DICOMDIR", download=False)
     if dicomdir is not None:
         (tmp_path / "s" / "DICOMDIR").write_bytes(Path(dicomdir).read_bytes())
     vol = read_dicom_series(tmp_path / "s")
