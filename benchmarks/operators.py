@@ -21,16 +21,21 @@ logger = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"
 
 
-def benchmark_cases(size: int) -> dict[str, dict]:
-    """Realistic settings per operator at image size ``size``."""
+def benchmark_cases(size: int) -> dict[str, tuple[str, dict]]:
+    """Realistic settings per operator at image size ``size``: label → (name, kwargs)."""
     cases = {
-        "gaussian_cs": dict(image_size=size, ratio=0.1, block_size=32),
-        "inpainting": dict(image_size=size, missing_ratio=0.5),
-        "superres": dict(image_size=size, factor=4),
-        "mri": dict(image_size=size, acceleration=4, center_fraction=0.08),
-        "ct": dict(image_size=size, n_views=60),
+        "gaussian_cs": ("gaussian_cs", dict(image_size=size, ratio=0.1, block_size=32)),
+        "inpainting": ("inpainting", dict(image_size=size, missing_ratio=0.5)),
+        "superres": ("superres", dict(image_size=size, factor=4)),
+        "mri": ("mri", dict(image_size=size, acceleration=4, center_fraction=0.08)),
+        "mri 8 coils": ("mri", dict(image_size=size, acceleration=4, center_fraction=0.08)),
+        "ct": ("ct", dict(image_size=size, n_views=60)),
     }
-    return {name: kw for name, kw in cases.items() if name in available_operators()}
+    if "mri" in available_operators():
+        from idm_med.datasets.coils import synthetic_coil_maps
+
+        cases["mri 8 coils"][1]["coil_maps"] = synthetic_coil_maps(8, (size, size))
+    return {label: case for label, case in cases.items() if case[0] in available_operators()}
 
 
 def time_call(fn, arg, min_run_time: float) -> float:
@@ -42,7 +47,7 @@ def time_call(fn, arg, min_run_time: float) -> float:
 def run(sizes: list[int], batches: list[int], min_run_time: float) -> list[dict]:
     rows = []
     for size in sizes:
-        for name, kwargs in benchmark_cases(size).items():
+        for label, (name, kwargs) in benchmark_cases(size).items():
             op = make_operator(name, **kwargs)
             for batch in batches:
                 x = torch.rand(batch, *op.image_shape)
@@ -52,11 +57,11 @@ def run(sizes: list[int], batches: list[int], min_run_time: float) -> list[dict]
                         m: time_call(getattr(op, m), arg, min_run_time)
                         for m, arg in (("A", x), ("At", y), ("A_pinv", y))
                     }
-                row = dict(operator=name, size=size, batch=batch, **times)
+                row = dict(operator=label, size=size, batch=batch, **times)
                 row["ratio"] = times["A_pinv"] / times["A"]
                 logger.info(
                     "%-12s %4d² B=%d  A %.4fs  At %.4fs  A_pinv %.4fs  A_pinv/A %.1f",
-                    name,
+                    label,
                     size,
                     batch,
                     times["A"],

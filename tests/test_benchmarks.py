@@ -57,3 +57,15 @@ def test_speed_quick(tmp_path) -> None:
     assert row["speedup"] == pytest.approx(row["ddnm"] / row["idm"])
     assert row["speedup"] > 2.0
     assert "speed-up" in (tmp_path / "speed.md").read_text()
+
+
+def test_operators_quick(tmp_path) -> None:
+    from benchmarks import operators
+
+    out = tmp_path / "operators.md"
+    operators.main(
+        ["--sizes", "32", "--batches", "1", "--min-run-time", "0.01", "--output", str(out)]
+    )
+    table = out.read_text()
+    for label in ("gaussian_cs", "inpainting", "superres", "mri", "mri 8 coils", "ct"):
+        assert f"| {label} | 32² | 1 |" in table
