@@ -18,6 +18,7 @@ Matrices and masks are registered as buffers, so ``op.to(device)``, ``op.double(
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from typing import Any, ClassVar
 
 import torch
@@ -28,7 +29,7 @@ def _describe(shape: tuple[int, ...]) -> str:
     return "(B, " + ", ".join(str(s) for s in shape) + ")"
 
 
-class Operator(nn.Module):
+class Operator(nn.Module, metaclass=ABCMeta):
     """Base class of all forward operators.
 
     Subclasses set :attr:`name` (their registry key), fill ``self._config`` with the
@@ -71,15 +72,15 @@ class Operator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.A(x)
 
-    # -- to implement ----------------------------------------------------------------
-    def _A(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    # -- to implement (inputs already validated) --------------------------------------
+    @abstractmethod
+    def _A(self, x: torch.Tensor) -> torch.Tensor: ...
 
-    def _At(self, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def _At(self, y: torch.Tensor) -> torch.Tensor: ...
 
-    def _A_pinv(self, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def _A_pinv(self, y: torch.Tensor) -> torch.Tensor: ...
 
     # -- validation ------------------------------------------------------------------
     def check_image(self, x: torch.Tensor, argument: str = "x") -> torch.Tensor:

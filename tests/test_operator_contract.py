@@ -168,3 +168,16 @@ def test_unknown_operator_name():
     with pytest.raises(ValueError, match="unknown operator name 'nope'"):
         make_operator("nope")
     assert all(cls.name == key for key, cls in OPERATORS.items())
+
+
+def test_incomplete_operator_cannot_be_built():
+    from idm_med.operators import Operator
+
+    class Half(Operator):
+        name = "half"
+
+        def _A(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="abstract"):
+        Half()
