@@ -131,11 +131,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         )
     else:
         target = out / Path(args.input).name if out.suffix == "" else out
-        kwargs = {
-            "gaussian_cs": {"ratio": args.ratio},
-            "inpainting": {"missing_ratio": args.ratio},
-            "superres": {"factor": args.factor},
-        }[args.operator]
+        kwargs = _operator_kwargs(args, args.operator)
         result = reconstruct_image(args.input, target, method, args.operator, **kwargs)
     if result.metrics:
         print(_format_metrics("A_pinv", result.pinv_metrics))
@@ -179,21 +175,7 @@ def _parse_exclude(items: list[str]) -> dict[str, list[int]]:
 def cmd_train(args: argparse.Namespace) -> int:
     from .training import TrainingConfig, load_training_images, train
 
-    operator: dict = {"name": args.operator}
-    if args.operator == "mri":
-        operator |= {
-            "acceleration": args.acceleration,
-            "center_fraction": args.center_fraction,
-            "mask_type": args.mask_type,
-        }
-    elif args.operator == "gaussian_cs":
-        operator |= {"ratio": args.ratio}
-    elif args.operator == "inpainting":
-        operator |= {"missing_ratio": args.ratio}
-    elif args.operator == "superres":
-        operator |= {"factor": args.factor}
-    else:
-        operator |= {"n_views": args.n_views}
+    operator = {"name": args.operator, **_operator_kwargs(args, args.operator)}
     channels = args.image_channels or (2 if args.operator == "mri" else 1)
     config = TrainingConfig(
         operator=operator,
@@ -216,6 +198,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     losses = train(config, data, args.output, resume=args.resume)
     print(f"wrote {args.output} (final loss {sum(losses[-50:]) / max(len(losses[-50:]), 1):.4f})")
     return 0
+
+
+def _operator_kwargs(args: argparse.Namespace, name: str) -> dict:
+    """Operator arguments (besides the image size) from the measurement options."""
+    return {
+        "mri": {
+            "acceleration": args.acceleration,
+            "center_fraction": args.center_fraction,
+            "mask_type": args.mask_type,
+        },
+        "gaussian_cs": {"ratio": args.ratio},
+        "inpainting": {"missing_ratio": args.ratio},
+        "superres": {"factor": args.factor},
+        "ct": {"n_views": args.n_views},
+    }[name]
+
+
+def _add_measurement_args(parser: argparse.ArgumentParser) -> None:
+    """Options that describe how the data are (or are simulated to be) measured."""
+    parser.add_argument("--acceleration", type=float, default=4.0, help="MRI undersampling")
+    parser.add_argument(
+        "--center-fraction", type=float, default=0.08, help="MRI fully sampled centre"
+    )
+    parser.add_argument("--mask-type", choices=["random", "equispaced"], default="random")
+    parser.add_argument("--n-views", type=int, default=60, help="CT projection angles")
+    parser.add_argument(
+        "--ratio", type=float, default=0.25, help="CS sampling ratio / inpainting missing ratio"
+    )
+    parser.add_argument("--factor", type=int, default=4, help="super-resolution factor")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,10 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="A†y, TV + range-null-space baseline, or an IDM checkpoint",
     )
     rec.add_argument("--checkpoint", help="IDM checkpoint directory (for --method idm)")
-    rec.add_argument("--acceleration", type=float, default=4.0, help="MRI undersampling")
-    rec.add_argument("--center-fraction", type=float, default=0.08, help="MRI fully sampled centre")
-    rec.add_argument("--mask-type", choices=["random", "equispaced"], default="random")
-    rec.add_argument("--n-views", type=int, default=60, help="CT projection angles")
+    _add_measurement_args(rec)
     rec.add_argument("--axis", type=int, default=2, help="NIfTI slice axis")
     rec.add_argument(
         "--operator",
@@ -275,10 +283,6 @@ def build_parser() -> argparse.ArgumentParser:
         default="gaussian_cs",
         help="image operator",
     )
-    rec.add_argument(
-        "--ratio", type=float, default=0.25, help="CS sampling ratio / inpainting missing ratio"
-    )
-    rec.add_argument("--factor", type=int, default=4, help="super-resolution factor")
     rec.add_argument("--seed", type=int, default=0, help="NIfTI mask and CT noise seed")
     rec.set_defaults(func=cmd_reconstruct)
 
@@ -327,12 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--operator", choices=["mri", "gaussian_cs", "inpainting", "superres", "ct"], default="mri"
     )
-    tr.add_argument("--acceleration", type=float, default=4.0)
-    tr.add_argument("--center-fraction", type=float, default=0.08)
-    tr.add_argument("--mask-type", choices=["random", "equispaced"], default="random")
-    tr.add_argument("--ratio", type=float, default=0.25, help="CS ratio / inpainting missing ratio")
-    tr.add_argument("--factor", type=int, default=4, help="super-resolution factor")
-    tr.add_argument("--n-views", type=int, default=60, help="CT views")
+    _add_measurement_args(tr)
     tr.add_argument("--image-size", type=int, default=128, help="training crop size")
     tr.add_argument("--image-channels", type=int, help="default: 2 for mri, else 1")
     tr.add_argument("--backbone", default="small", help="small | sd | LOCAL_SD_UNET_DIR")
