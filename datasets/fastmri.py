@@ -530,6 +530,7 @@ def iter_volume(
     center_fraction: float = 0.08,
     mask_type: str = "random",
     calib_width: int = 24,
+    slices: Sequence[int] | None = None,
 ) -> Iterator[ReconstructionSlice]:
     """Walk a fastMRI volume slice by slice for reconstruction.
 
@@ -540,6 +541,8 @@ def iter_volume(
     ``acceleration`` is required for them. Multi-coil slices get ESPIRiT coil maps
     estimated from the central ``calib_width`` columns of the undersampled k-space, so
     ``center_fraction · W`` should be at least ``calib_width`` (a warning says otherwise).
+    ``slices`` restricts the walk to those indices (in that order), so unselected slices
+    are neither read nor calibrated.
     """
     volume = FastMRIVolume(path)
     info = volume.info
@@ -547,7 +550,8 @@ def iter_volume(
     center_fraction = check_center_fraction(center_fraction)
     if mask_type not in MASK_TYPES:
         raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
-    for sl in volume:
+    for index in range(len(volume)) if slices is None else slices:
+        sl = volume[index]
         explicit = sl.mask is not None
         if explicit:
             mask = sl.mask

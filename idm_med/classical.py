@@ -15,14 +15,9 @@ import torch
 from skimage.restoration import denoise_tv_chambolle
 from tqdm.auto import tqdm
 
-from .operators import Operator
+from .operators import Operator, range_null_space_projection
 
 logger = logging.getLogger(__name__)
-
-
-def range_null_space_projection(x: torch.Tensor, y: torch.Tensor, operator: Operator):
-    """``x − A†(A x − y)``: keep the null-space part of ``x``, take the range part from y."""
-    return x - operator.A_pinv(operator.A(x) - y)
 
 
 def tv_denoise(x: torch.Tensor, weight: float, complex_channels: bool = False) -> torch.Tensor:

@@ -34,6 +34,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .operators import range_null_space_projection
+
 logger = logging.getLogger(__name__)
 
 
@@ -102,7 +104,7 @@ def ddnm_sample(
         a_next = float(abar_all[taus[k - 1]]) if k > 0 else 1.0
         eps = _estimate(estimator, x, tau, timestep_conditioned)
         x0 = (x - (1.0 - a_t) ** 0.5 * eps) / a_t**0.5
-        x0 = x0 - operator.A_pinv(operator.A(x0) - y)  # range–null-space decomposition
+        x0 = range_null_space_projection(x0, y, operator)
         if k == 0:
             x = x0  # ᾱ = 1 after the last step
             break

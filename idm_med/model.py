@@ -50,6 +50,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .backbones import NoiseEstimator, small_unet_config
 from .injectors import InjectorContext, make_injectors
+from .operators import range_null_space_projection
 from .reversible import (
     constrained_unit_interval,
     constrained_unit_interval_inverse,
@@ -189,7 +190,7 @@ class IDM(nn.Module, ConfigMixin):
         injectors = self.injectors[index] if self.injectors is not None else None
         eps = self._unpad(self.backbone(self._pad(x), injectors, ctx, level2_mode), x)
         x0 = (x - torch.sqrt(1 - abar[t]) * eps) / torch.sqrt(abar[t])
-        x0 = x0 - operator.A_pinv(operator.A(x0) - y)
+        x0 = range_null_space_projection(x0, y, operator)
         if t == 1:  # ᾱ_0 = 1: the output is the projected estimate (avoids d√0 = ∞)
             return x0
         return torch.sqrt(abar[t - 1]) * x0 + torch.sqrt(1 - abar[t - 1]) * eps

@@ -106,12 +106,10 @@ def reconstruct_fastmri(
     """
     recon, pinv, refs, info = [], [], [], None
     for item in tqdm(
-        fastmri.iter_volume(path, acceleration, center_fraction, mask_type),
+        fastmri.iter_volume(path, acceleration, center_fraction, mask_type, slices=slices),
         desc=Path(path).name,
         unit="slice",
     ):
-        if slices is not None and item.slice_index not in slices:
-            continue
         info = item.info
         op = make_operator(**item.operator_config)
         y = item.measurement

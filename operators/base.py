@@ -95,6 +95,15 @@ class Operator(nn.Module, metaclass=ABCMeta):
         return ", ".join(f"{k}={v!r}" for k, v in self._config.items() if k != "mask")
 
 
+def range_null_space_projection(
+    x: torch.Tensor, y: torch.Tensor, operator: Operator
+) -> torch.Tensor:
+    """``x − A†(A x − y)``: keep the null-space part of ``x`` and take its row-space part
+    from the measurements, so that ``A`` of the result equals ``y`` (for ``y`` in the range
+    of ``A``). The data-consistency step of DDNM, IDM and the TV baseline."""
+    return x - operator.A_pinv(operator.A(x) - y)
+
+
 def _check(t: torch.Tensor, shape: tuple[int, ...], argument: str, what: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{argument} must be a torch.Tensor, got {type(t).__name__}")

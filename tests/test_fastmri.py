@@ -335,6 +335,9 @@ def test_iter_volume(tmp_path: Path, singlecoil) -> None:
             torch.complex(s.measurement[0, 0], s.measurement[0, 1]), expected, rtol=1e-5, atol=1e-5
         )
         np.testing.assert_array_equal(s.target.numpy(), target[s.slice_index])
+    picked = list(iter_volume(path, acceleration=4, center_fraction=0.125, slices=[S - 1, 0]))
+    assert [s.slice_index for s in picked] == [S - 1, 0]  # only these, in this order
+    assert torch.equal(picked[1].measurement, slices[0].measurement)
     with pytest.raises(ValueError, match="fully sampled"):
         next(iter_volume(path))
     # A prospectively undersampled file brings its own mask.

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from idm_med.operators import OPERATORS, available_operators, make_operator
+from idm_med.operators import (
+    OPERATORS,
+    available_operators,
+    make_operator,
+    range_null_space_projection,
+)
 
 from .operator_cases import OPERATOR_CASES, build, is_iterative, operator_cases
 
@@ -56,6 +61,19 @@ def test_pinv_float32_accuracy(name, kwargs):
     y = op.A(x)
     tol = 1e-3 if is_iterative(name, kwargs) else 1e-5
     assert rel_err(op.A(op.A_pinv(y)), y) < tol
+
+
+@pytest.mark.parametrize("name,kwargs", CASES)
+def test_range_null_space_projection_is_data_consistent(name, kwargs):
+    """The DDNM/IDM step x − A†(A x − y) matches the data and keeps the null-space part."""
+    op = build(name, kwargs)
+    x, _ = random_pair(op)
+    y = op.A(x)
+    z = torch.randn_like(x)
+    p = range_null_space_projection(z, y, op)
+    assert rel_err(op.A(p), y) < 1e-5
+    null = z - op.AtA(z)  # may be ~0 when A has full column rank (e.g. SENSE at 2×)
+    assert float((p - op.AtA(p) - null).norm()) < 1e-5 * float(z.norm())
 
 
 @pytest.mark.parametrize("name,kwargs", CASES)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from idm_med import cli, metrics
-from idm_med.classical import range_null_space_projection, tv_rnd_reconstruct
+from idm_med.classical import tv_rnd_reconstruct
 from idm_med.datasets import fastmri, images, nifti
 from idm_med.datasets.samples import list_samples, sample_path
-from idm_med.operators import available_operators, make_operator
+from idm_med.operators import available_operators, make_operator, range_null_space_projection
 from idm_med.reconstruction import (
     detect_format,
     make_method,
