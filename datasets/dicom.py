@@ -24,8 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
-import tempfile
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,8 @@ from pydicom.uid import (
     generate_uid,
 )
 from pydicom.valuerep import format_number_as_ds
+
+from .atomic import OutputExistsError, atomic_directory
 
 if TYPE_CHECKING:  # only for annotations: importing operators at load time is not needed
     from idm_med.operators import Operator
@@ -97,6 +98,7 @@ _TYPE2_KEYWORDS: tuple[str, ...] = (
 _ORIENTATION_TOL = 1e-4
 _POSITION_TOL = 1e-3
 _UINT16_MAX = 65535
+_SLICE_NAME = re.compile(r"slice_\d{4,}\.dcm")
 
 
 # ------------------------------------------------------------------------------------------
@@ -497,7 +499,9 @@ def write_dicom_series(
         series_number: ``SeriesNumber`` of the new series.
         uid_entropy: when given, UIDs are derived from it deterministically
             (``generate_uid(entropy_srcs=...)``) for reproducible files; random otherwise.
-        overwrite: replace an existing non-empty ``out_dir``.
+        overwrite: replace an existing non-empty ``out_dir`` — only one that holds
+            nothing but ``slice_NNNN.dcm`` files (a series this writer wrote); a folder
+            with any other file is never replaced.
 
     Returns:
         ``out_dir`` as a Path.
@@ -511,8 +515,7 @@ def write_dicom_series(
         )
     if len(description) > 64:
         raise ValueError(f"description must be at most 64 characters, got {len(description)}")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise ValueError(f"{out_dir}: exists and is not an empty folder (pass overwrite=True)")
+    _check_series_folder(out_dir, overwrite)
 
     slope, intercept = hu_rescale(hu, quantisation_step)
     stored = np.clip(np.round((hu.astype(np.float64) - intercept) / slope), 0, _UINT16_MAX)
@@ -528,12 +531,7 @@ def write_dicom_series(
     # Used only where the reference lacks them; the same for every slice of the series.
     shared = {"StudyInstanceUID": uid("study"), "FrameOfReferenceUID": uid("frame")}
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp_dir.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); the output should not be
-    try:
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp_dir:
         for k in range(hu.shape[0]):
             ds = _slice_dataset(
                 stored[k], reference, k, uid("instance", k), series_uid, series_number, shared
@@ -543,11 +541,25 @@ def write_dicom_series(
             ds.RescaleSlope = format_number_as_ds(slope)
             ds.RescaleIntercept = format_number_as_ds(intercept)
             pydicom.dcmwrite(tmp_dir / f"slice_{k + 1:04d}.dcm", ds, enforce_file_format=True)
-        _replace_dir(tmp_dir, out_dir)
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir)
     return out_dir
+
+
+def _check_series_folder(out_dir: Path, overwrite: bool) -> None:
+    """A series folder may be replaced only with ``overwrite`` and only when it holds
+    nothing but the ``slice_NNNN.dcm`` files this writer writes (never a user's files)."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise OutputExistsError(f"{out_dir}: exists and is not a folder")
+    entries = list(out_dir.iterdir())
+    if entries and not overwrite:
+        raise OutputExistsError(f"{out_dir}: exists and is not empty (use --overwrite)")
+    foreign = [e.name for e in entries if not _SLICE_NAME.fullmatch(e.name)]
+    if foreign:
+        raise OutputExistsError(
+            f"{out_dir}: holds files idm-med did not write ({', '.join(sorted(foreign)[:3])}); "
+            "choose another output folder"
+        )
 
 
 def _slice_dataset(
@@ -607,29 +619,6 @@ def _slice_dataset(
     ds.BurnedInAnnotation = "NO"
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
     return ds
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename folder ``src`` onto ``dst``; an existing ``dst`` is removed only afterwards."""
-    if not dst.exists():
-        os.replace(src, dst)
-        return
-    if dst.is_dir() and not any(dst.iterdir()):
-        dst.rmdir()
-        os.replace(src, dst)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-    trash.rmdir()
-    os.replace(dst, trash)
-    try:
-        os.replace(src, dst)
-    except BaseException:
-        os.replace(trash, dst)  # put the old series back
-        raise
-    if trash.is_dir():
-        shutil.rmtree(trash)
-    else:
-        trash.unlink()
 
 
 def _as_volume(volume: np.ndarray | torch.Tensor, argument: str) -> np.ndarray:

@@ -358,7 +358,7 @@ def test_no_partial_output_after_failure(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(dicom.pydicom, "dcmwrite", real_write)
     write_dicom_series(ref.hu, ref, out)
     before = sorted(p.name for p in out.iterdir())
-    with pytest.raises(ValueError, match="not an empty folder"):
+    with pytest.raises(FileExistsError, match="not empty"):
         write_dicom_series(ref.hu, ref, out)
     calls.clear()
     monkeypatch.setattr(dicom.pydicom, "dcmwrite", failing_write)
@@ -367,6 +367,13 @@ def test_no_partial_output_after_failure(tmp_path: Path, monkeypatch) -> None:
     assert sorted(p.name for p in out.iterdir()) == before
     np.testing.assert_array_equal(read_dicom_series(out).hu, ref.hu)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+
+    # A folder holding anything the writer did not write is never replaced.
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="did not write.*notes.txt"):
+        write_dicom_series(ref.hu, ref, out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == sorted([*before, "notes.txt"])
 
     with pytest.raises(ValueError, match="NaN"):
         write_dicom_series(np.full(ref.shape, np.nan), ref, tmp_path / "nan")
@@ -426,7 +433,10 @@ def test_simulate_sparse_view_with_ct_operator() -> None:
     hu = np.full((2, 32, 32), -1000.0, np.float32)
     hu[:, 8:24, 8:24] = 0.0  # a water square
     sim = simulate_sparse_view(hu, 12)
-    assert sim.sinogram.shape == (2, 1, 12, 32)
+    # Detector count is the operator's choice (at least the image side).
+    assert sim.sinogram.shape == (2, *sim.operator.measurement_shape)
+    assert sim.operator.measurement_shape[:2] == (1, 12)
+    assert sim.operator.measurement_shape[2] >= 32
     assert sim.operator.config["n_views"] == 12
     torch.testing.assert_close(sim.sinogram, sim.operator.A(sim.image))
     # Water is x = 0.25: every parallel view carries the total mass 16² · 0.25 = 64, and
