@@ -146,3 +146,18 @@ def coil_combine(coil_images: ArrayLike, maps: ArrayLike, dim: int = 0) -> torch
             f"maps must have the shape of coil_images {tuple(x.shape)}, got {tuple(s.shape)}"
         )
     return (s.conj() * x).sum(dim)
+
+
+def zero_filled_maps(kspace: ArrayLike, eps: float = 1e-12) -> torch.Tensor:
+    """Maps ``S_c = x_c / RSS(x)`` from the zero-filled coil images ``x_c = F⁻¹ k_c``.
+
+    The safe coil combination when no fully sampled calibration region exists: with these
+    maps the SENSE pseudo-inverse of the same (undersampled) ``kspace`` is exactly the
+    zero-filled RSS image, so a SENSE reconstruction starts from what RSS gives instead of
+    from maps biased by an undersampled calibration. Shapes: ``(C, H, W)`` → ``(C, H, W)``
+    complex64.
+    """
+    k = _as_complex_tensor(kspace, "kspace")
+    if k.dim() != 3:
+        raise ValueError(f"kspace must have shape (C, H, W), got {tuple(k.shape)}")
+    return normalise_maps(ifft2c(k), eps=eps).to(torch.complex64)

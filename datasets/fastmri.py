@@ -47,7 +47,7 @@ from ..operators.mri_masks import (
     seed_from_filename,
 )
 from .atomic import atomic_path
-from .coils import coil_combine, estimate_coil_maps, ifft2c, rss
+from .coils import coil_combine, estimate_coil_maps, ifft2c, rss, zero_filled_maps
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +117,21 @@ class FastMRIVolumeInfo:
 
     @property
     def crop_size(self) -> tuple[int, int]:
-        """``(h, w)`` that targets and submitted reconstructions have: recon ``(x, y)``."""
+        """``(h, w)`` that targets and submitted reconstructions have: recon ``(x, y)``.
+
+        k-space narrower than the recon width (fastMRI's "FLAIR 203" files) falls back to
+        a ``(W, W)`` crop as fastMRI's data transforms do (never larger than ``H``).
+        """
+        height, width = self.kspace_shape
+        if self.narrow:
+            side = min(width, height)
+            return side, side
         return self.recon_size[0], self.recon_size[1]
+
+    @property
+    def narrow(self) -> bool:
+        """True when the k-space is narrower than the header's recon width."""
+        return self.kspace_shape[1] < self.recon_size[1]
 
 
 @dataclass
@@ -312,6 +325,16 @@ def _read_info(f: h5py.File, path: Path) -> FastMRIVolumeInfo:
         encoding_size = (height, width, 1)
         recon_size = (*(target_shape or (height, width)), 1)
 
+    if width < recon_size[1]:
+        logger.warning(
+            "%s: k-space width %d is narrower than the header's recon size %s; "
+            "cropping to (%d, %d) as fastMRI does",
+            path,
+            width,
+            recon_size[:2],
+            min(width, height),
+            min(width, height),
+        )
     attrs = {k: _plain(v) for k, v in f.attrs.items()}
 
     def opt(key: str, kind: type) -> Any:
@@ -529,7 +552,7 @@ def iter_volume(
     acceleration: float | None = None,
     center_fraction: float = 0.08,
     mask_type: str = "random",
-    calib_width: int = 24,
+    calib_width: int | None = None,
     slices: Sequence[int] | None = None,
 ) -> Iterator[ReconstructionSlice]:
     """Walk a fastMRI volume slice by slice for reconstruction.
@@ -538,9 +561,11 @@ def iter_volume(
     read from the ``acceleration`` attribute or computed as ``W / #sampled``). Fully
     sampled files are undersampled retrospectively with the column mask seeded from the
     file name (the same mask :class:`FastMRISliceDataset` uses with ``use_seed=True``);
-    ``acceleration`` is required for them. Multi-coil slices get ESPIRiT coil maps
-    estimated from the central ``calib_width`` columns of the undersampled k-space, so
-    ``center_fraction · W`` should be at least ``calib_width`` (a warning says otherwise).
+    ``acceleration`` is required for them. Multi-coil slices get coil maps from
+    :func:`slice_coil_maps` (ESPIRiT on the fully sampled centre, ``calib_width`` columns
+    or, by default, as many as the mask samples contiguously up to 24; RSS-equivalent maps
+    when that centre is too narrow), computed once per slice of a volume and cached for
+    the next pass over the same file.
     ``slices`` restricts the walk to those indices (in that order), so unselected slices
     are neither read nor calibrated.
     """
@@ -575,16 +600,7 @@ def iter_volume(
             "coil_maps": None,
         }
         if info.multicoil:
-            lo = (mask.numel() - calib_width + 1) // 2
-            if not bool(mask[lo : lo + calib_width].all()):
-                # ESPIRiT needs a fully sampled calibration block; gaps bias the maps.
-                logger.warning(
-                    "%s: the mask does not fully sample the %d central columns used for "
-                    "ESPIRiT calibration; coil maps may be poor",
-                    info.path,
-                    calib_width,
-                )
-            config["coil_maps"] = estimate_coil_maps(kspace, calib_width=calib_width)
+            config["coil_maps"] = _cached_coil_maps(info, sl.slice_index, kspace, mask, calib_width)
         yield ReconstructionSlice(
             slice_index=sl.slice_index,
             measurement=_to_channels(kspace).unsqueeze(0),
@@ -593,6 +609,79 @@ def iter_volume(
             target=sl.target,
             info=info,
         )
+
+
+MIN_CALIB_WIDTH = 16  # ESPIRiT (kernel 6) needs a calibration block well above the kernel
+DEFAULT_CALIB_WIDTH = 24
+_MAPS_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def sampled_centre_width(mask: torch.Tensor) -> int:
+    """Width of the contiguous run of sampled columns through the k-space centre ``W // 2``
+    (the autocalibration region of a fastMRI mask). ``mask``: bool ``(W,)``."""
+    m = mask.bool().tolist()
+    centre = len(m) // 2
+    if not m[centre]:
+        return 0
+    lo, hi = centre, centre
+    while lo > 0 and m[lo - 1]:
+        lo -= 1
+    while hi < len(m) - 1 and m[hi + 1]:
+        hi += 1
+    return hi - lo + 1
+
+
+def slice_coil_maps(
+    kspace: torch.Tensor, mask: torch.Tensor, calib_width: int | None, source: PathLike
+) -> torch.Tensor:
+    """Coil maps ``(C, H, W)`` for one undersampled multi-coil slice.
+
+    ESPIRiT on the central ``calib_width`` columns; by default ``calib_width`` is the
+    fully sampled centre width of ``mask`` (at most 24). When that centre is narrower
+    than :data:`MIN_CALIB_WIDTH` (narrow k-space at a small centre fraction) ESPIRiT maps
+    would be biased, so the safe :func:`~idm_med.datasets.coils.zero_filled_maps` are used
+    (A†y is then the zero-filled RSS image) and a warning names ``source``.
+    """
+    centre = sampled_centre_width(mask)
+    width = calib_width if calib_width is not None else min(DEFAULT_CALIB_WIDTH, centre)
+    if calib_width is None and width < MIN_CALIB_WIDTH:
+        logger.warning(
+            "%s: only %d central k-space columns are fully sampled (ESPIRiT needs %d); "
+            "using RSS-equivalent coil maps (pass a larger --center-fraction or "
+            "--calib-width to calibrate ESPIRiT)",
+            source,
+            centre,
+            MIN_CALIB_WIDTH,
+        )
+        return zero_filled_maps(kspace)
+    if width > centre:
+        logger.warning(
+            "%s: ESPIRiT calibration width %d exceeds the %d fully sampled central "
+            "columns; coil maps may be poor",
+            source,
+            width,
+            centre,
+        )
+    return estimate_coil_maps(kspace, calib_width=width)
+
+
+def _cached_coil_maps(
+    info: FastMRIVolumeInfo,
+    index: int,
+    kspace: torch.Tensor,
+    mask: torch.Tensor,
+    calib_width: int | None,
+) -> torch.Tensor:
+    """:func:`slice_coil_maps`, cached for the volume read last (a second method on the
+    same file, e.g. the demo's baselines, does not recalibrate)."""
+    stat = info.path.stat()
+    volume_key = (str(info.path.resolve()), stat.st_mtime_ns, stat.st_size)
+    key = (*volume_key, index, calib_width, mask.bool().numpy().tobytes())
+    if key not in _MAPS_CACHE:
+        for old in [k for k in _MAPS_CACHE if k[:3] != volume_key]:
+            del _MAPS_CACHE[old]  # one volume's maps at a time
+        _MAPS_CACHE[key] = slice_coil_maps(kspace, mask, calib_width, info.path)
+    return _MAPS_CACHE[key].clone()
 
 
 # -- writing --------------------------------------------------------------------------

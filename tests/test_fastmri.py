@@ -18,6 +18,7 @@ from idm_med.datasets.coils import (
     normalise_maps,
     rss,
     synthetic_coil_maps,
+    zero_filled_maps,
 )
 from idm_med.datasets.fastmri import (
     FastMRIFileError,
@@ -430,3 +431,73 @@ def test_espirit_recovers_true_maps_up_to_phase() -> None:
         estimate_coil_maps(kspace, calib_width=80)
     with pytest.raises(ValueError, match="complex"):
         estimate_coil_maps(kspace.real)
+
+
+# -- edge cases: narrow k-space (issue 9, defect 6) --------------------------------------
+def test_kspace_narrower_than_recon_size_crops_square(tmp_path: Path, caplog) -> None:
+    """fastMRI's "FLAIR 203" files: W < recon width falls back to a (W, W) crop."""
+    k = _kspace((2, 24, 10))
+    path = write_fastmri_file(tmp_path / "flair.h5", k, recon_size=(12, 12))
+    with caplog.at_level("WARNING"):
+        info = read_volume_info(path)
+    assert info.narrow and info.crop_size == (10, 10)
+    assert "flair.h5" in caplog.text and "narrower" in caplog.text
+    item = next(iter_volume(path, acceleration=2, center_fraction=0.2))
+    x = make_operator(**item.operator_config).A_pinv(item.measurement)
+    assert center_crop(x[0, 0], item.info.crop_size).shape == (10, 10)
+
+
+def _multicoil_file(tmp_path: Path, width: int, name: str = "mc.h5") -> Path:
+    n, coils = 32, 4
+    maps = synthetic_coil_maps(coils, (n, width))
+    v, u = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, width), indexing="ij")
+    phantom = ((u / 0.8) ** 2 + (v / 0.85) ** 2 < 1) * (1 + 0.4 * torch.sin(4 * v))
+    k = fft2c(maps * phantom.to(torch.complex64)).unsqueeze(0).repeat(2, 1, 1, 1)
+    return write_fastmri_file(tmp_path / name, k, target=simulate_targets(k, (n, width)))
+
+
+def test_narrow_multicoil_falls_back_to_rss_equivalent_maps(tmp_path: Path, caplog) -> None:
+    path = _multicoil_file(tmp_path, width=40)
+    with caplog.at_level("WARNING"):
+        item = next(iter_volume(path, acceleration=4, center_fraction=0.08))
+    assert "mc.h5" in caplog.text and "RSS-equivalent" in caplog.text
+    op = make_operator(**item.operator_config).double()
+    pinv = torch.linalg.vector_norm(op.A_pinv(item.measurement.double()), dim=1)[0]
+    kspace = torch.complex(item.measurement[0, :, 0], item.measurement[0, :, 1])
+    zero_filled_rss = rss(ifft2c(kspace), dim=0)
+    # With the fallback maps A†y is exactly the zero-filled RSS image.
+    torch.testing.assert_close(pinv, zero_filled_rss.double(), rtol=1e-3, atol=1e-4)
+
+
+def test_sampled_centre_width_and_explicit_calib_width(tmp_path: Path) -> None:
+    from idm_med.datasets.fastmri import sampled_centre_width
+
+    mask = torch.zeros(20, dtype=torch.bool)
+    mask[7:14] = True
+    mask[2] = True
+    assert sampled_centre_width(mask) == 7
+    mask[10] = False
+    assert sampled_centre_width(mask) == 0
+    # A wide fully sampled centre calibrates ESPIRiT with the derived width (no fallback).
+    path = _multicoil_file(tmp_path, width=40, name="wide.h5")
+    item = next(iter_volume(path, acceleration=2, center_fraction=0.5))
+    maps = item.operator_config["coil_maps"]
+    kspace = torch.complex(item.measurement[0, :, 0], item.measurement[0, :, 1])
+    assert not torch.allclose(maps.abs(), zero_filled_maps(kspace).abs(), atol=1e-2)
+
+
+def test_coil_maps_are_computed_once_per_volume(tmp_path: Path, monkeypatch) -> None:
+    from idm_med.datasets import fastmri as fastmri_module
+
+    path = _multicoil_file(tmp_path, width=32)
+    calls = []
+    real = fastmri_module.estimate_coil_maps
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fastmri_module, "estimate_coil_maps", counting)
+    for _ in range(2):  # two methods over the same volume
+        items = list(iter_volume(path, acceleration=2, center_fraction=0.6))
+    assert len(items) == 2 and len(calls) == 2  # once per slice, not once per pass
