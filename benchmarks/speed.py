@@ -14,7 +14,6 @@ injectors call ``AtA`` on full-resolution images), so the measured ratio stays b
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
@@ -26,6 +25,7 @@ import torch
 
 from benchmarks.machine import describe_machine
 from benchmarks.memory import BACKBONES
+from benchmarks.options import base_parser
 from idm_med.ddnm import ddnm_sample
 from idm_med.model import IDM
 from idm_med.operators import make_operator
@@ -56,11 +56,14 @@ def compare(backbone: str, size: int, repeats: int, ddnm_steps: int = 100) -> di
     def idm() -> None:
         model(y, op)
 
+    def estimator(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model.backbone(x)  # same network; the timestep does not change its cost
+
     def ddnm() -> None:
-        ddnm_sample(y, op, model.backbone, steps=ddnm_steps, eta=0.85, seed=0)
+        ddnm_sample(y, op, estimator, steps=ddnm_steps, eta=0.85, seed=0)
 
     idm()  # warm-up (the UNet is shared, so DDNM needs only a short one)
-    ddnm_sample(y, op, model.backbone, steps=2, eta=0.85, seed=0)
+    ddnm_sample(y, op, estimator, steps=2, eta=0.85, seed=0)
     t_idm, t_ddnm = [], []
     for _ in range(repeats):
         t_idm.append(_timed(idm))
@@ -119,7 +122,7 @@ def to_markdown(rows: list[dict], cmd: str, threads: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n")[0])
+    parser = base_parser(COMMAND, __doc__.split("\n")[0], "tiny run (small 16², 1 repeat)")
     parser.add_argument("--backbones", nargs="+", choices=sorted(BACKBONES), default=None)
     parser.add_argument(
         "--sizes", type=int, nargs="+", default=None, help="per backbone (default small 256, sd 64)"
@@ -128,14 +131,6 @@ def main(argv: list[str] | None = None) -> None:
         "--repeats", type=int, default=None, help="interleaved timed repeats (small 3, sd 2)"
     )
     parser.add_argument("--ddnm-steps", type=int, default=100)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (1: on a shared, oversubscribed machine 2 threads spin-wait)",
-    )
-    parser.add_argument("--quick", action="store_true", help="tiny run (small 16², 1 repeat)")
-    parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:

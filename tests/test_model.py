@@ -1,4 +1,4 @@
-"""Tests of the IDM model (idm_med.model) and the DDNM baseline sampler (idm_med.ddnm).
+"""Tests of the IDM model (idm_med.model).
 
 Memory-mode equality covers backbone × T ∈ {1, 3, 5} on ``gaussian_cs`` and every registered
 operator at T = 3 (the full backbone × T × operator product would be too slow on 2 cores).
@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from idm_med.backbones import sd_layout_config, small_unet_config
-from idm_med.ddnm import ddnm_sample, linear_alphas_cumprod
 from idm_med.model import IDM
 from idm_med.operators import available_operators, make_operator
 from idm_med.reversible import forward_states, invert_sequence
@@ -204,26 +203,6 @@ def test_save_and_load_round_trip(tmp_path):
         torch.testing.assert_close(loaded(y, op), expected, rtol=0, atol=0)
         # The checkpoint carries its operator: no operator argument needed.
         torch.testing.assert_close(loaded(y), expected, rtol=0, atol=0)
-
-
-def test_ddnm_sampler_is_seeded_and_data_consistent():
-    op = _operator("inpainting")
-    _, y = _data(op, batch=2)
-    abar = linear_alphas_cumprod()
-    assert abar.shape == (1000,) and abar[0] == pytest.approx(1 - 1e-4)
-    calls = []
-
-    def estimator(x):
-        calls.append(1)
-        return 0.1 * x
-
-    a = ddnm_sample(y, op, estimator, steps=20, seed=3)
-    b = ddnm_sample(y, op, estimator, steps=20, seed=3)
-    c = ddnm_sample(y, op, estimator, steps=20, seed=4)
-    assert len(calls) == 60
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert (a - c).abs().max() > 1e-3
-    torch.testing.assert_close(op.A(a), y, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("backbone", list(BACKBONES))

@@ -1,0 +1,265 @@
+r"""Diffusion priors: DDPM ε-prediction pretraining of a diffusers ``UNet2DModel``.
+
+A prior is the noise estimator ``ε_θ(x_t, t)`` that DDNM samples with and that IDM is
+fine-tuned from. It is trained with the DDPM objective
+
+.. math::
+
+    \min_\theta\ \mathbb E_{x_0, t, \varepsilon}\,
+    \| \varepsilon - \varepsilon_\theta(\sqrt{\bar\alpha_t}\,x_0
+        + \sqrt{1-\bar\alpha_t}\,\varepsilon,\ t) \|^2
+
+on the noise schedule of diffusers' ``DDPMScheduler`` (1000 steps, linear β from 1e-4 to
+0.02, the schedule of DDPM and DDNM), on random patches of the corpus' training images
+(:mod:`idm_med.datasets.corpus`: natural, MRI and CT together), augmented with rescaling,
+flips, 90° rotations and intensity scaling.
+
+**Data range.** Images are in ``[0, 1]`` (1 channel) — the range every idm-med pipeline
+hands to a method — so DDNM and IDM use the prior without an affine change of variables
+(which would not commute with the operators). The 2-channel MRI variant learns complex
+images ``m·e^{iφ}`` with ``|m| ≤ 1`` and a random smooth phase, as (real, imaginary).
+
+A prior directory is a plain diffusers model directory (``config.json`` +
+``diffusion_pytorch_model.safetensors``, loadable by ``UNet2DModel.from_pretrained``) plus
+``scheduler_config.json`` (``DDPMScheduler.from_pretrained``) and ``prior.json`` (data range,
+channels, training record).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DModel
+from torch import nn
+
+from . import train_loop
+from .backbones import small_unet_config
+
+logger = logging.getLogger(__name__)
+
+PRIOR_INFO = "prior.json"
+
+
+def prior_unet_config(image_channels: int = 1, **overrides: Any) -> dict[str, Any]:
+    """``UNet2DModel`` kwargs of a prior with the layout of IDM's small backbone (so its
+    weights load into :func:`idm_med.backbones.small_unet_config` by name)."""
+    cfg = {**small_unet_config()["unet"], **overrides}
+    cfg.update(in_channels=image_channels, out_channels=image_channels)
+    return cfg
+
+
+def default_scheduler() -> DDPMScheduler:
+    """DDPM's schedule: 1000 steps, linear β 1e-4 → 0.02, ε-prediction."""
+    return DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+        prediction_type="epsilon", clip_sample=False,
+    )  # fmt: skip
+
+
+# -- data ---------------------------------------------------------------------------------------
+def smooth_phase(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    """A random smooth phase map ``exp(iφ)`` ``(H, W)``: ``φ`` is an offset, a ramp and a
+    low-frequency random field (bicubic upsampling of a 4×4 Gaussian grid), up to ~±π, like
+    the slowly varying phase of real MR images (B0 inhomogeneity, coil phase)."""
+    h, w = shape
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    a, b, c = (torch.rand(3, generator=generator) * 2 - 1) * math.pi
+    coarse = torch.randn(1, 1, 4, 4, generator=generator)
+    field_ = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)[0, 0]
+    phi = c + 0.5 * (a * xx + b * yy) + 0.5 * field_
+    return torch.polar(torch.ones(h, w), phi)
+
+
+@dataclass
+class PatchSampler:
+    """Random augmented patches ``(B, C, size, size)`` from images of several modalities.
+
+    Args:
+        images: ``{modality: [2-D arrays in [0, 1]]}``.
+        weights: ``{modality: probability}`` of drawing from each modality.
+        size: patch side in pixels.
+        channels: 1 (magnitude) or 2 (complex as real/imag with a random smooth phase).
+        scale_range: ``{modality: (lo, hi)}``: the patch covers ``size / s`` source pixels
+            for a scale ``s`` drawn in the range (zoomed out images look like whole slices).
+    """
+
+    images: dict[str, list[np.ndarray]]
+    weights: dict[str, float]
+    size: int = 64
+    channels: int = 1
+    scale_range: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 2):
+            raise ValueError(f"channels must be 1 or 2, got {self.channels}")
+        self._mods = [m for m in self.images if self.images[m] and self.weights.get(m, 0) > 0]
+        if not self._mods:
+            raise ValueError("PatchSampler needs at least one modality with images")
+        p = torch.tensor([self.weights[m] for m in self._mods], dtype=torch.float64)
+        self._p = p / p.sum()
+        self._tensors = {m: [torch.from_numpy(np.asarray(a, np.float32)) for a in self.images[m]]
+                         for m in self._mods}  # fmt: skip
+
+    def patch(self, generator: torch.Generator) -> torch.Tensor:
+        """One patch ``(C, size, size)``."""
+        g = generator
+        mod = self._mods[int(torch.multinomial(self._p, 1, generator=g))]
+        pool = self._tensors[mod]
+        img = pool[int(torch.randint(len(pool), (1,), generator=g))]
+        lo, hi = self.scale_range.get(mod, (0.5, 1.0))
+        s = lo + (hi - lo) * float(torch.rand(1, generator=g))
+        crop = min(int(round(self.size / s)), *img.shape)
+        top = int(torch.randint(img.shape[0] - crop + 1, (1,), generator=g))
+        left = int(torch.randint(img.shape[1] - crop + 1, (1,), generator=g))
+        p = img[top : top + crop, left : left + crop][None, None]
+        if crop > self.size:  # zoom out: area averaging, as a scanner's larger pixels would
+            p = F.interpolate(p, size=(self.size, self.size), mode="area")[0, 0]
+        else:
+            p = F.interpolate(p, size=(self.size,) * 2, mode="bilinear", align_corners=False)[0, 0]
+        p = torch.rot90(p, int(torch.randint(4, (1,), generator=g)), dims=(0, 1))
+        if bool(torch.randint(2, (1,), generator=g)):
+            p = p.flip(1)
+        p = p.clamp(0, 1) * (0.6 + 0.4 * float(torch.rand(1, generator=g)))
+        if self.channels == 1:
+            return p[None]
+        z = p.to(torch.complex64) * smooth_phase(p.shape, g)
+        return torch.view_as_real(z).permute(2, 0, 1).contiguous()
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.stack([self.patch(generator) for _ in range(batch_size)])
+
+
+def corpus_sampler(size: int, channels: int, modalities: dict[str, float]) -> PatchSampler:
+    """A :class:`PatchSampler` over the corpus' *training* split of ``modalities``."""
+    from .datasets import corpus
+
+    images = {m: corpus.load(m, "train") for m in modalities}
+    scales = {"natural": (0.25, 1.0), "mri": (0.5, 1.0), "ct": (0.25, 1.0)}
+    return PatchSampler(images, modalities, size, channels, scales)
+
+
+# -- saving / loading ------------------------------------------------------------------------
+def save_prior(unet: UNet2DModel, directory: str | Path, info: dict[str, Any]) -> None:
+    """Write a prior directory (diffusers UNet + scheduler config + ``prior.json``)."""
+    directory = Path(directory)
+    unet.save_pretrained(directory, safe_serialization=True)
+    default_scheduler().save_pretrained(directory)
+    (directory / PRIOR_INFO).write_text(json.dumps(info, indent=2))
+
+
+def load_prior(
+    directory: str | Path, torch_dtype: torch.dtype | None = None
+) -> tuple[UNet2DModel, DDPMScheduler, dict[str, Any]]:
+    """``(unet, scheduler, info)`` of a prior directory (or of any local diffusers
+    ``UNet2DModel`` directory: the scheduler then defaults to DDPM's, info to ``{}``)."""
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"{directory}: not a diffusers model directory (no config.json)")
+    unet = UNet2DModel.from_pretrained(directory, torch_dtype=torch_dtype).eval()
+    if (directory / "scheduler_config.json").is_file():
+        scheduler = DDPMScheduler.from_pretrained(directory)
+    else:
+        scheduler = default_scheduler()
+    info_file = directory / PRIOR_INFO
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    return unet, scheduler, info
+
+
+# -- training ------------------------------------------------------------------------------
+@dataclass
+class PretrainConfig:
+    """A prior's pretraining run (saved in ``prior.json``)."""
+
+    image_channels: int = 1
+    patch_size: int = 64
+    batch_size: int = 16
+    modalities: dict[str, float] = field(
+        default_factory=lambda: {"natural": 0.4, "mri": 0.4, "ct": 0.2}
+    )
+    unet: dict[str, Any] = field(default_factory=dict)  # overrides of prior_unet_config
+    init: str | None = None  # a prior directory to start from (e.g. 1-channel → 2-channel)
+    loop: train_loop.LoopConfig = field(default_factory=train_loop.LoopConfig)
+
+
+def _init_from(unet: UNet2DModel, directory: str) -> None:
+    """Start from another prior; conv_in / conv_out adapted when the channels differ
+    (1 → 2: the magnitude filters are shared by the real and imaginary parts)."""
+    from .backbones import _adapt_channels
+
+    src, _, _ = load_prior(directory)
+    target = unet.state_dict()
+    state = {}
+    for key, value in src.state_dict().items():
+        if key == "conv_in.weight":
+            value = _adapt_channels(value, 1, target[key].shape[1])
+        elif key.startswith("conv_out."):
+            value = _adapt_channels(value, 0, target[key].shape[0])
+        if value is not None and key in target and value.shape == target[key].shape:
+            state[key] = value
+    missing = unet.load_state_dict(state, strict=False).missing_keys
+    logger.info("initialised from %s (%d tensors; missing %s)", directory, len(state), missing)
+
+
+def ddpm_loss(scheduler: DDPMScheduler) -> Any:
+    """The DDPM ε-prediction loss ``loss_fn(unet, x0, generator)`` on ``scheduler``."""
+
+    def loss_fn(unet: nn.Module, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
+        dev = next(unet.parameters()).device
+        x0, noise, t = x0.to(dev), noise.to(dev), t.to(dev)
+        pred = unet(scheduler.add_noise(x0, noise, t), t).sample
+        return F.mse_loss(pred.float(), noise)
+
+    return loss_fn
+
+
+def pretrain(
+    config: PretrainConfig,
+    output: str | Path,
+    sampler: PatchSampler | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> UNet2DModel:
+    """Pretrain a prior and write it to ``output`` (checkpoints in ``output/checkpoint``)."""
+    output = Path(output)
+    sampler = sampler or corpus_sampler(config.patch_size, config.image_channels, config.modalities)
+    torch.manual_seed(config.loop.seed)
+    unet = UNet2DModel(**prior_unet_config(config.image_channels, **config.unet))
+    if config.init and not resume:
+        _init_from(unet, config.init)
+    scheduler = default_scheduler()
+    record = {k: v for k, v in asdict(config).items() if k != "loop"}
+
+    def save(model: nn.Module, directory: Path) -> None:
+        info = {
+            "kind": "prior",
+            "image_channels": config.image_channels,
+            "data_range": [0.0, 1.0] if config.image_channels == 1 else "complex, |x| <= 1",
+            "pretraining": {**record, "loop": asdict(config.loop)},
+        }
+        log = output / "log.csv"
+        if log.is_file():
+            rows = log.read_text().strip().splitlines()[1:]
+            if rows:
+                last = rows[-1].split(",")
+                tail = [float(r.split(",")[1]) for r in rows[-200:]]
+                info["record"] = {"steps": int(last[0]), "seconds": float(last[3]),
+                                  "final_loss_mean_200": float(np.mean(tail))}  # fmt: skip
+        save_prior(model, directory, info)
+
+    def make_batch(step: int, gen: torch.Generator) -> torch.Tensor:
+        return sampler.batch(config.batch_size, gen)
+
+    return train_loop.run(
+        unet, make_batch, ddpm_loss(scheduler), save, output, config.loop,
+        settings=record, resume=resume, progress=progress, desc="pretrain",
+    )  # fmt: skip

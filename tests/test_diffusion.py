@@ -1,0 +1,129 @@
+"""Tests of the diffusion family: priors (idm_med.prior), sampling (idm_med.sampling) and
+DDNM (idm_med.ddnm), on tiny UNets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from idm_med import prior, sampling, train_loop
+from idm_med.ddnm import ddnm_sample
+from idm_med.operators import make_operator
+
+TINY = dict(block_out_channels=(8, 16, 16), norm_num_groups=4)
+
+
+def _unet(channels: int = 1) -> UNet2DModel:
+    torch.manual_seed(0)
+    return UNet2DModel(**prior.prior_unet_config(channels, **TINY)).double().eval()
+
+
+def _sampler(channels: int = 1) -> prior.PatchSampler:
+    rng = np.random.default_rng(0)
+    images = {"natural": [rng.random((40, 50)).astype(np.float32) for _ in range(3)]}
+    return prior.PatchSampler(images, {"natural": 1.0}, size=16, channels=channels)
+
+
+def test_scheduler_is_ddpm_linear():
+    sched = prior.default_scheduler()
+    assert isinstance(sched, DDPMScheduler)
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    torch.testing.assert_close(
+        sched.alphas_cumprod.double(), torch.cumprod(1 - betas, 0), rtol=1e-6, atol=1e-7
+    )
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_patch_sampler_is_seeded_and_in_range(channels):
+    s = _sampler(channels)
+    a = s.batch(4, train_loop.step_generator(0, 5))
+    b = s.batch(4, train_loop.step_generator(0, 5))
+    c = s.batch(4, train_loop.step_generator(0, 6))
+    assert a.shape == (4, channels, 16, 16)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (a - c).abs().max() > 1e-3
+    mag = a.norm(dim=1) if channels == 2 else a[:, 0]
+    assert float(mag.max()) <= 1.0 + 1e-6
+    if channels == 1:
+        assert float(a.min()) >= 0.0
+    else:  # a real smooth phase: the imaginary part is not zero
+        assert float(a[:, 1].abs().max()) > 0.05
+
+
+def _pretrain(tmp_path, name, iterations, resume=False, channels=1, init=None):
+    cfg = prior.PretrainConfig(
+        image_channels=channels, patch_size=16, batch_size=2, modalities={"natural": 1.0},
+        unet=TINY, init=init,
+        loop=train_loop.LoopConfig(iterations=iterations, checkpoint_every=2, warmup=2),
+    )  # fmt: skip
+    return prior.pretrain(
+        cfg, tmp_path / name, sampler=_sampler(channels), resume=resume, progress=False
+    )
+
+
+def test_pretrain_resumes_exactly_and_round_trips(tmp_path):
+    full = _pretrain(tmp_path, "a", 4)
+    _pretrain(tmp_path, "b", 2)
+    resumed = _pretrain(tmp_path, "b", 4, resume=True)
+    for (k, v), w in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(v, w, rtol=0, atol=0, msg=k)
+    # A plain diffusers directory: UNet2DModel.from_pretrained reads it.
+    loaded = UNet2DModel.from_pretrained(tmp_path / "a")
+    for k, v in full.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0)
+    unet, sched, info = prior.load_prior(tmp_path / "a")
+    assert isinstance(sched, DDPMScheduler) and info["record"]["steps"] == 4
+    assert (tmp_path / "a" / "log.csv").read_text().count("\n") == 5  # header + 4 steps
+    with pytest.raises(FileExistsError, match="resume"):
+        _pretrain(tmp_path, "a", 4)
+    with pytest.raises(ValueError, match="other settings"):
+        _pretrain(tmp_path, "a", 6, resume=True, channels=2)
+
+
+def test_two_channel_prior_starts_from_gray(tmp_path):
+    gray = _pretrain(tmp_path, "gray", 2)
+    cplx = _pretrain(tmp_path, "cplx", 2, channels=2, init=str(tmp_path / "gray"))
+    assert cplx.conv_in.weight.shape[1] == 2 and cplx.conv_out.weight.shape[0] == 2
+    assert gray.conv_in.weight.shape[1] == 1
+
+
+@pytest.mark.parametrize("kind", sampling.SAMPLERS)
+def test_sampling_is_seeded(kind):
+    unet, sched = _unet(), prior.default_scheduler()
+    a = sampling.sample(unet, sched, (2, 1, 16, 16), steps=5, kind=kind, seed=1)
+    b = sampling.sample(unet, sched, (2, 1, 16, 16), steps=5, kind=kind, seed=1)
+    c = sampling.sample(unet, sched, (2, 1, 16, 16), steps=5, kind=kind, seed=2)
+    assert a.shape == (2, 1, 16, 16) and torch.isfinite(a).all()
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (a - c).abs().max() > 1e-3
+
+
+def test_gray_prior_serves_complex_images_channel_by_channel():
+    unet = _unet(1)
+    eps = sampling.denoiser(unet, 2)
+    x, t = torch.rand(3, 2, 16, 16, dtype=torch.float64), torch.full((3,), 10)
+    out = eps(x, t)
+    with torch.no_grad():
+        ref = unet(x[:, 1:2], torch.full((3,), 10)).sample
+    torch.testing.assert_close(out[:, 1:2], ref)
+    with pytest.raises(ValueError, match="channels"):
+        sampling.denoiser(_unet(2), 3)
+
+
+@pytest.mark.parametrize("name", ["inpainting", "superres"])
+def test_ddnm_is_seeded_and_data_consistent(name):
+    kwargs = {"missing_ratio": 0.5} if name == "inpainting" else {"factor": 2}
+    op = make_operator(name, image_size=16, **kwargs).double()
+    x = torch.rand(2, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = op.A(x)
+    unet = _unet()
+    a = ddnm_sample(y, op, unet, steps=6, seed=3)
+    b = ddnm_sample(y, op, unet, steps=6, seed=3)
+    c = ddnm_sample(y, op, unet, steps=6, seed=4)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (a - c).abs().max() > 1e-3
+    torch.testing.assert_close(op.A(a), y, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="eta"):
+        ddnm_sample(y, op, unet, steps=6, eta=1.5)
