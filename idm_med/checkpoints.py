@@ -1,0 +1,219 @@
+"""Finding, describing and checking IDM checkpoints.
+
+A checkpoint is a ``save_pretrained`` directory (``config.json`` + ``model.safetensors``)
+plus, for a trained model, ``training.json`` (the training configuration) and optionally
+``model_card.json`` (``{"data": ..., "validation": {"psnr": ..., "ssim": ...}}``). They are
+looked up by path, or by name among the shipped models (``idm_med/pretrained``) and the
+user's models (``$IDM_MED_HOME/models``, default ``~/.cache/idm-med/models``).
+
+:func:`load_idm` turns every loading failure into one :class:`CheckpointError` naming the
+directory; :func:`check_fit` compares what the checkpoint was trained for with the data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the directory and the problem."""
+
+
+class ModelMismatchError(ValueError):
+    """A checkpoint trained for other data than it is applied to."""
+
+
+def user_models_dir() -> Path:
+    """Where ``idm-med models`` looks for the user's checkpoints."""
+    home = os.environ.get("IDM_MED_HOME")
+    base = Path(home) if home else Path.home() / ".cache" / "idm-med"
+    return base / "models"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+@dataclass
+class ModelInfo:
+    """What a checkpoint directory says about itself."""
+
+    name: str
+    path: Path
+    source: str  # "shipped" | "user" | "path"
+    config: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    card: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: Path, source: str, name: str | None = None) -> ModelInfo:
+        return cls(
+            name=name or path.name,
+            path=path,
+            source=source,
+            config=_read_json(path / "config.json"),
+            training=_read_json(path / "training.json"),
+            card=_read_json(path / "model_card.json"),
+        )
+
+    @property
+    def operator(self) -> dict[str, Any]:
+        return dict(self.config.get("operator") or self.training.get("operator") or {})
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.training)
+
+    @property
+    def multicoil(self) -> bool:
+        return self.operator.get("coil_maps") is not None or bool(self.operator.get("multicoil"))
+
+    def summary(self) -> dict[str, str]:
+        """One row of ``idm-med models``."""
+        op = self.operator
+        settings = ", ".join(
+            f"{k}={op[k]}"
+            for k in ("acceleration", "center_fraction", "ratio", "n_views")
+            if op.get(k) is not None
+        )
+        size = self.training.get("image_size") or op.get("image_size")
+        validation = self.card.get("validation") or {}
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in validation.items() if isinstance(v, float))
+        return {
+            "name": self.name,
+            "source": self.source,
+            "operator": f"{op.get('name', '?')}{' multi-coil' if self.multicoil else ''}",
+            "settings": settings or "-",
+            "image size": str(size or "-"),
+            "trained": f"{self.training['iterations']} it" if self.trained else "NO (init)",
+            "data": str(self.card.get("data") or self.training.get("data") or "-"),
+            "validation": scores or "-",
+        }
+
+
+def _candidates() -> list[tuple[str, Path]]:
+    from .pretrained import PRETRAINED_DIR
+
+    out = []
+    for source, root in (("shipped", PRETRAINED_DIR), ("user", user_models_dir())):
+        if root.is_dir():
+            out += [(source, p) for p in sorted(root.iterdir()) if (p / "config.json").is_file()]
+    return out
+
+
+def list_models() -> list[ModelInfo]:
+    """Shipped models first, then the user's; unreadable ones are skipped with a warning."""
+    models = []
+    for source, path in _candidates():
+        try:
+            models.append(ModelInfo.read(path, source))
+        except CheckpointError as exc:
+            logger.warning("%s", exc)
+    return models
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A checkpoint directory from a path or a model name (shipped, then user)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    for _, candidate in _candidates():
+        if candidate.name == str(name_or_path):
+            return candidate
+    names = [p.name for _, p in _candidates()]
+    raise CheckpointError(
+        f"{name_or_path}: no such checkpoint directory or model name (known models: "
+        f"{', '.join(names) or 'none'}; see `idm-med models`)"
+    )
+
+
+def default_checkpoint(operator_name: str) -> Path:
+    """The first shipped (then user) trained model for ``operator_name``; says which."""
+    for info in list_models():
+        if info.trained and info.operator.get("name") == operator_name and not info.multicoil:
+            logger.info(
+                "--method idm: using the %s model %r (%s)",
+                info.source,
+                info.name,
+                info.summary()["settings"],
+            )
+            return info.path
+    raise CheckpointError(
+        f"no trained model for operator {operator_name!r} (see `idm-med models`); "
+        "pass --checkpoint DIR"
+    )
+
+
+def load_idm(directory: str | os.PathLike):
+    """``IDM.from_pretrained`` with every failure as one :class:`CheckpointError`."""
+    from .model import IDM
+
+    directory = resolve_checkpoint(directory)
+    _read_json(directory / "config.json")  # a clear message for malformed JSON
+    try:
+        return IDM.from_pretrained(str(directory)).eval()
+    except Exception as exc:  # noqa: BLE001 - every loading failure is the checkpoint's
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "size mismatch" in str(exc) or "Missing key" in str(exc):
+            first = "config.json does not match model.safetensors (" + first[:200] + ")"
+        raise CheckpointError(f"{directory}: cannot load the IDM checkpoint: {first}") from exc
+
+
+def check_fit(
+    info: ModelInfo,
+    operator_config: dict[str, Any],
+    image_channels: int,
+    allow_mismatch: bool = False,
+) -> None:
+    """Refuse (or, with ``allow_mismatch``, warn about) a model applied to data it was
+    not trained for: another operator family, other image channels, single-coil weights
+    on multi-coil data. Warns for an untrained (``idm-med init``) checkpoint and for other
+    undersampling settings."""
+    recorded = info.operator
+    problems = []
+    if recorded.get("name") and recorded["name"] != operator_config.get("name"):
+        problems.append(
+            f"trained for operator {recorded['name']!r}, "
+            f"the data need {operator_config.get('name')!r}"
+        )
+    channels = info.config.get("image_channels")
+    if channels is not None and channels != image_channels:
+        problems.append(f"trained on {channels}-channel images, the data have {image_channels}")
+    data_multicoil = operator_config.get("coil_maps") is not None
+    if data_multicoil != info.multicoil:
+        kind = "multi-coil" if info.multicoil else "single-coil"
+        problems.append(f"a {kind} model on {'multi' if data_multicoil else 'single'}-coil data")
+    for problem in problems:
+        message = f"{info.path}: {problem}"
+        if not allow_mismatch:
+            raise ModelMismatchError(message + " (pass --allow-mismatch to run it anyway)")
+        logger.warning("%s; results will be poor", message)
+    if not info.trained:
+        logger.warning(
+            "%s: no training.json, the weights are untrained (idm-med init); the result is "
+            "not a reconstruction to trust",
+            info.path,
+        )
+    acc = recorded.get("acceleration")
+    if acc is not None and operator_config.get("acceleration") not in (None, acc):
+        logger.warning(
+            "%s: trained at %gx acceleration, the data are %gx",
+            info.path,
+            acc,
+            operator_config["acceleration"],
+        )
