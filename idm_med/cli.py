@@ -1,50 +1,53 @@
-"""Command-line interface: ``idm-med demo`` and ``idm-med reconstruct``."""
+"""Command-line interface: ``idm-med demo | reconstruct | models | init | train | ...``.
+
+Each subcommand is one ``cmd_<name>`` function plus one ``add_parser`` block in
+:func:`build_parser`. Every error a user can cause ends in one line naming the file and the
+problem and a non-zero exit status (``--debug`` shows the traceback); Ctrl-C leaves no
+half-written file (all writers are atomic).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from . import __version__
+from .runner import format_metrics
 
 logger = logging.getLogger("idm_med")
 
 DEMO_SAMPLE = "fastmri_singlecoil_brain.h5"
 
 
-def _format_metrics(name: str, values: dict[str, float]) -> str:
-    return (
-        f"{name:>12s}: PSNR {values['psnr']:6.2f} dB  SSIM {values['ssim']:.4f}  "
-        f"NMSE {values['nmse']:.4f}"
-    )
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` once, and only for defaults that mean something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        if not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
-def save_comparison_png(path: Path, panels: dict[str, np.ndarray], title: str) -> Path:
-    """One row of grayscale panels (reference, baselines, reconstruction, error)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
-    for ax, (label, img) in zip(axes, panels.items(), strict=True):
-        vmax = np.percentile(img, 99.5) if "error" not in label else None
-        ax.imshow(img, cmap="gray", vmin=0 if vmax else None, vmax=vmax)
-        ax.set_title(label, fontsize=9)
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.92))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+def resolve_device(name: str) -> str:
+    """``auto`` → ``cuda`` when available, else ``cpu``; ``cuda`` must be available."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available (use cpu or auto)")
+    return name
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .datasets.samples import sample_path
+    from .figures import save_comparison_png
     from .pretrained import list_pretrained, pretrained_path
     from .reconstruction import make_method, reconstruct_fastmri
 
@@ -71,72 +74,73 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     results = {
         name: reconstruct_fastmri(
-            sample, out_dir / name, method, acceleration=args.acceleration, slices=[args.slice]
+            sample,
+            out_dir / name,
+            method,
+            acceleration=args.acceleration,
+            slices=[args.slice],
+            overwrite=True,  # the demo's own folder
         )
         for name, method in methods.items()
     }
     first = next(iter(results.values()))
-    ref, pinv = first.reference[0], first.pinv[0]
-    panels = {
-        "reference (fully sampled)": ref,
-        f"zero-filled A†y\n{first.pinv_metrics['psnr']:.2f} dB": pinv,
-    }
-    for name, result in results.items():
-        panels[f"{name}\n{result.metrics['psnr']:.2f} dB"] = result.reconstruction[0]
-    last_name, last = list(results.items())[-1]
-    panels[f"|error| ×5 ({last_name})"] = np.abs(last.reconstruction[0] - ref) * 5
+    panels = {"zero-filled A†y": first.pinv[0]}
+    panels.update({name: result.reconstruction[0] for name, result in results.items()})
     png = save_comparison_png(
         out_dir / "demo_mri.png",
         panels,
-        f"{sample.name}, slice {args.slice}, {args.acceleration:g}x random Cartesian mask",
+        reference=first.reference[0],
+        mask=first.mask,
+        title=f"{sample.name}, slice {args.slice}, {args.acceleration:g}x random Cartesian mask",
     )
-    print(_format_metrics("zero-filled", first.pinv_metrics))
+    print(format_metrics("zero-filled", first.pinv_metrics))
     for name, result in results.items():
-        print(_format_metrics(name, result.metrics))
+        print(format_metrics(name, result.metrics))
     print(f"wrote {png} and the fastMRI-format reconstructions in {out_dir}/<method>/")
     return 0
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .reconstruction import (
-        detect_format,
-        make_method,
-        reconstruct_dicom,
-        reconstruct_fastmri,
-        reconstruct_image,
-        reconstruct_nifti,
-    )
+    from .runner import expand_inputs, reconstruct_one, summary_table
 
     torch.manual_seed(args.seed)
-    method = make_method(args.method, checkpoint=args.checkpoint)
-    fmt = detect_format(args.input)
-    out = Path(args.output)
-    if fmt == "fastmri":
-        result = reconstruct_fastmri(
-            args.input, out, method, args.acceleration, args.center_fraction, args.mask_type
-        )
-    elif fmt == "dicom":
-        result = reconstruct_dicom(args.input, out, method, n_views=args.n_views, seed=args.seed)
-    elif fmt == "nifti":
-        name = Path(args.input).name
-        target = out / name if out.suffix == "" else out
-        result = reconstruct_nifti(
-            args.input,
-            target,
-            method,
-            axis=args.axis,
-            acceleration=args.acceleration,
-            center_fraction=args.center_fraction,
-            seed=args.seed,
-        )
-    else:
-        target = out / Path(args.input).name if out.suffix == "" else out
-        kwargs = _operator_kwargs(args, args.operator)
-        result = reconstruct_image(args.input, target, method, args.operator, **kwargs)
-    if result.metrics:
-        print(_format_metrics("A_pinv", result.pinv_metrics))
-        print(_format_metrics(args.method, result.metrics))
-    print(f"wrote {result.output}")
+    device = resolve_device(args.device)
+    inputs = expand_inputs(args.input)
+    many = len(inputs) > 1
+    if many and Path(args.output).suffix:
+        raise ValueError(f"--output {args.output}: must be a folder for {len(inputs)} inputs")
+    cache: dict = {}
+    rows = []
+    for path in inputs:
+        try:
+            rows.append(reconstruct_one(path, args, device, cache, many))
+        except (ValueError, OSError) as exc:
+            if not many or args.debug:
+                raise
+            logger.error("%s", exc)
+            rows.append({"input": path.name, "error": str(exc)})
+    if many:
+        print(summary_table(rows))
+    return 1 if any("error" in r for r in rows) else 0
+
+
+# -- models, init, train -------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    from .checkpoints import list_models, user_models_dir
+
+    rows = [m.summary() for m in list_models()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no models (shipped or in {user_models_dir()})")
+        return 0
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in keys}
+    print("  ".join(k.ljust(widths[k]) for k in keys))
+    for r in rows:
+        print("  ".join(r[k].ljust(widths[k]) for k in keys))
+    print(f"(user models: {user_models_dir()}; use a name with --checkpoint)")
     return 0
 
 
@@ -217,11 +221,19 @@ def _operator_kwargs(args: argparse.Namespace, name: str) -> dict:
 
 def _add_measurement_args(parser: argparse.ArgumentParser) -> None:
     """Options that describe how the data are (or are simulated to be) measured."""
-    parser.add_argument("--acceleration", type=float, default=4.0, help="MRI undersampling")
+    parser.add_argument("--acceleration", type=float, default=4.0, help="MRI undersampling factor")
     parser.add_argument(
-        "--center-fraction", type=float, default=0.08, help="MRI fully sampled centre"
+        "--center-fraction",
+        type=float,
+        default=0.08,
+        help="fraction of MRI k-space columns fully sampled at the centre",
     )
-    parser.add_argument("--mask-type", choices=["random", "equispaced"], default="random")
+    parser.add_argument(
+        "--mask-type",
+        choices=["random", "equispaced"],
+        default="random",
+        help="MRI column mask (fastMRI RandomMaskFunc / EquiSpacedMaskFunc)",
+    )
     parser.add_argument("--n-views", type=int, default=60, help="CT projection angles")
     parser.add_argument(
         "--ratio", type=float, default=0.25, help="CS sampling ratio / inpainting missing ratio"
@@ -229,66 +241,163 @@ def _add_measurement_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--factor", type=int, default=4, help="super-resolution factor")
 
 
+def _common_options() -> argparse.ArgumentParser:
+    """``-v`` and ``--debug``, accepted before or after the subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+    )
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the full traceback of an error",
+    )
+    return common
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        import benchmarks.__main__ as bench
+    except ImportError:  # console script outside the repository root: use the checkout's
+        root = Path(__file__).resolve().parents[1]
+        if not (root / "benchmarks" / "__main__.py").is_file():
+            raise ValueError("the benchmarks/ folder of an idm-med checkout is needed") from None
+        sys.path.insert(0, str(root))
+        import benchmarks.__main__ as bench
+    bench.run(args.suite, list(args.options))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluate import evaluate_folder
+
+    result = evaluate_folder(
+        args.target_path, args.predictions_path, args.challenge, args.acquisition
+    )
+    print(result.to_text())
+    if args.output:
+        payload = {"volumes": result.volumes, "mean": result.mean(), "std": result.std()}
+        Path(args.output).write_text(json.dumps(payload, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
     parser = argparse.ArgumentParser(
         prog="idm-med",
         description="Reconstruct MRI, CT and natural images from undersampled measurements "
         "with Invertible Diffusion Models (IDM) or classical baselines.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--version", action="version", version=f"idm-med {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser(
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    demo = add(
         "demo",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="reconstruct a bundled fastMRI brain slice and write a comparison PNG",
         description="Undersample the bundled single-coil fastMRI brain sample (simulated "
         "k-space of the MNI152 template), reconstruct one slice, print PSNR/SSIM against the "
-        "fully sampled reference and write demo_mri.png plus a fastMRI-format .h5.",
+        "fully sampled reference and write demo_mri.png (images, error maps on one scale, "
+        "the sampling mask) plus a fastMRI-format .h5 per method.",
     )
     demo.add_argument("--output", default="demo_output", help="output folder")
     demo.add_argument("--acceleration", type=float, default=4.0, help="undersampling factor")
     demo.add_argument("--slice", type=int, default=1, help="slice of the sample volume")
     demo.add_argument(
         "--checkpoint",
-        help="IDM checkpoint directory (default: the shipped mri_4x model, if present)",
+        help="IDM checkpoint directory or model name (default: the shipped mri_4x model, "
+        "if present)",
     )
     demo.add_argument("--seed", type=int, default=0, help="torch seed")
     demo.set_defaults(func=cmd_demo)
 
-    rec = sub.add_parser(
+    rec = add(
         "reconstruct",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="reconstruct a fastMRI .h5, a CT DICOM folder, a NIfTI volume or an image",
-        description="The input format is detected from the path. fastMRI files that are "
-        "fully sampled are undersampled retrospectively (mask seeded from the file name); "
-        "CT series are projected to a sparse-view sinogram; NIfTI slices are undersampled "
-        "in k-space; images are measured with --operator. The result is written in the "
-        "input's format.",
+        help="reconstruct fastMRI .h5, CT DICOM series, NIfTI volumes or images",
+        description="The input format is detected from the path (a folder of DICOM files "
+        "is a series; a folder of other inputs, or a quoted glob, is a batch processed one "
+        "volume after another with a summary table). Fully sampled fastMRI files are "
+        "undersampled retrospectively (mask seeded from the file name); CT series are "
+        "projected to a sparse-view sinogram; NIfTI slices are undersampled in k-space; "
+        "images are measured with --operator. The result is written in the input's format "
+        "to OUTPUT/<name>_<method> (fastMRI: OUTPUT/<method>/<name>.h5; DICOM: a new "
+        "series folder OUTPUT/<series>_<method>/), with <output>.metrics.json beside it. "
+        "Inputs are never overwritten; existing outputs only with --overwrite.",
     )
-    rec.add_argument("input", help="fastMRI .h5 | DICOM folder | .nii(.gz) | .png/.tif/.npy")
-    rec.add_argument("--output", default="reconstructions", help="output folder or file")
+    rec.add_argument(
+        "input",
+        nargs="+",
+        help="fastMRI .h5 | DICOM folder | .nii(.gz) | .png/.tif/.npy, a folder of them, or a glob",
+    )
+    rec.add_argument(
+        "--output",
+        default="reconstructions",
+        help="output folder, or the output file for one .h5/.nii/image input",
+    )
     rec.add_argument(
         "--method",
         choices=["pinv", "tv", "idm"],
         default="tv",
-        help="A†y, TV + range-null-space baseline, or an IDM checkpoint",
+        help="A†y, TV + range-null-space baseline, or an IDM model",
     )
-    rec.add_argument("--checkpoint", help="IDM checkpoint directory (for --method idm)")
+    rec.add_argument(
+        "--checkpoint",
+        help="IDM checkpoint directory or model name from `idm-med models` (default for "
+        "--method idm: the shipped model for the input's operator)",
+    )
+    rec.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="run an IDM model on data it was not trained for (operator, coils, channels)",
+    )
     _add_measurement_args(rec)
+    rec.add_argument(
+        "--calib-width",
+        type=int,
+        help="ESPIRiT calibration columns for multi-coil fastMRI (default: the fully "
+        "sampled centre, at most 24; RSS-equivalent coil maps when under 16)",
+    )
     rec.add_argument("--axis", type=int, default=2, help="NIfTI slice axis")
     rec.add_argument(
         "--operator",
         choices=["gaussian_cs", "inpainting", "superres"],
         default="gaussian_cs",
-        help="image operator",
+        help="how images (PNG/TIFF/NumPy) are measured",
     )
-    rec.add_argument("--seed", type=int, default=0, help="NIfTI mask and CT noise seed")
+    rec.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: cuda if present)"
+    )
+    rec.add_argument("--batch-size", type=int, default=1, help="slices reconstructed at once")
+    rec.add_argument(
+        "--preview", help="also write a PNG: reference, A†y, result, error map, PSNR/SSIM"
+    )
+    rec.add_argument(
+        "--overwrite", action="store_true", help="replace existing outputs (never inputs)"
+    )
+    rec.add_argument("--seed", type=int, default=0, help="torch, NIfTI mask and CT noise seed")
     rec.set_defaults(func=cmd_reconstruct)
 
-    init = sub.add_parser(
+    models = add(
+        "models",
+        help="list the shipped and local IDM models with what they were trained for",
+        description="Shipped checkpoints (idm_med/pretrained) and the user's (the folder "
+        "$IDM_MED_HOME/models, default ~/.cache/idm-med/models): operator, settings, image "
+        "size, training state, data and validation scores (from training.json and "
+        "model_card.json). A NAME from this list works as --checkpoint NAME.",
+    )
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(func=cmd_models)
+
+    init = add(
         "init",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="create an (untrained) IDM checkpoint directory, optionally from a local SD UNet",
         description="Build an IDM model and write it with save_pretrained (config.json + "
         "model.safetensors). With --pretrained, the backbone is Stable Diffusion v1.5's UNet "
@@ -308,9 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     init.set_defaults(func=cmd_init)
 
-    tr = sub.add_parser(
+    tr = add(
         "train",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="train an IDM model end to end on simulated measurements",
         description="Crop and augment ground-truth images from --data (NIfTI volumes, "
         "single-coil fastMRI .h5, PNG/TIFF/NumPy), measure them with the operator (masks "
@@ -329,7 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--axis", type=int, default=2, help="NIfTI slice axis")
     tr.add_argument("--output", required=True, help="model directory to write")
     tr.add_argument(
-        "--operator", choices=["mri", "gaussian_cs", "inpainting", "superres", "ct"], default="mri"
+        "--operator",
+        choices=["mri", "gaussian_cs", "inpainting", "superres", "ct"],
+        default="mri",
+        help="forward operator the model learns to invert",
     )
     _add_measurement_args(tr)
     tr.add_argument("--image-size", type=int, default=128, help="training crop size")
@@ -340,16 +451,56 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-mode",
         default="level1+2",
         choices=["autograd", "checkpoint", "level1", "level1+2"],
+        help="backward memory saving (reversible level 1 / level 1+2, or plain autograd)",
     )
-    tr.add_argument("--batch-size", type=int, default=4)
-    tr.add_argument("--iterations", type=int, default=1000)
+    tr.add_argument("--batch-size", type=int, default=4, help="images per step")
+    tr.add_argument("--iterations", type=int, default=1000, help="optimiser steps")
     tr.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate")
-    tr.add_argument("--halve-lr-every", type=int, default=400)
-    tr.add_argument("--checkpoint-every", type=int, default=100)
+    tr.add_argument(
+        "--halve-lr-every", type=int, default=400, help="steps between learning-rate halvings"
+    )
+    tr.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     tr.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=int, default=0, help="data, mask and initialisation seed")
     tr.set_defaults(func=cmd_train)
+
+    bench = add(
+        "bench",
+        formatter_class=argparse.HelpFormatter,
+        help="run a benchmark suite (mri, ct, cs, inpaint, superres, tune, memory, speed, "
+        "operators); results under benchmarks/results/",
+        description="Run `python -m benchmarks SUITE [OPTIONS]`: SUITE's options follow it, "
+        "e.g. `idm-med bench mri --quick` (a reduced run in a few minutes) or "
+        "`idm-med bench ct --help`.",
+    )
+    bench.add_argument("suite", help="suite name")
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="the suite's options")
+    bench.set_defaults(func=cmd_bench)
+
+    ev = add(
+        "evaluate",
+        help="score fastMRI-style reconstructions (per-volume NMSE/PSNR/SSIM, mean ± std)",
+        description="Score every TARGET_PATH/<name>.h5 (reconstruction_rss / "
+        "reconstruction_esc, or the fully sampled k-space) against "
+        "PREDICTIONS_PATH/<name>.h5 ('reconstruction'), as fastMRI's evaluate.py does.",
+    )
+    ev.add_argument("--target-path", required=True, type=Path, help="folder of target .h5")
+    ev.add_argument("--predictions-path", required=True, type=Path, help="folder of predictions")
+    ev.add_argument(
+        "--challenge",
+        choices=["singlecoil", "multicoil"],
+        default=None,
+        help="target dataset to use (default: by the k-space rank)",
+    )
+    ev.add_argument("--acquisition", default=None, help="only targets with this acquisition")
+    ev.add_argument("--output", default=None, help="also write the scores as JSON here")
+    ev.set_defaults(func=cmd_evaluate)
     return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) < 400 else text[:397] + "..."
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -360,7 +511,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         code = args.func(args)
-    except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line, no traceback
-        logger.error("%s", exc)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        logger.error("interrupted; no partial output was left behind")
+        code = 130
+    except (ValueError, OSError) as exc:  # a user error: one clear line, no traceback
+        if args.debug:
+            raise
+        logger.error("%s", _one_line(exc))
         code = 2
     sys.exit(code)

@@ -1,9 +1,17 @@
-"""Image-quality metrics, with fastMRI's conventions.
+"""Image-quality metrics with each community's conventions.
 
 All functions take a ground truth ``gt`` and a reconstruction ``pred`` of the same shape
-(NumPy arrays or tensors; 2-D images or volumes with slices first). As in fastMRI's
-evaluation, the data range of PSNR and SSIM is the maximum of the ground truth (over the
-whole volume), and SSIM uses a 7×7 window per slice.
+(NumPy arrays or tensors; 2-D images or volumes with slices first).
+
+* MRI (fastMRI's ``evaluate.py``): :func:`evaluate` on a whole volume — NMSE
+  ``‖gt − pred‖² / ‖gt‖²``, PSNR and SSIM with data range ``gt.max()`` over the volume,
+  SSIM with a 7×7 window per slice, averaged over slices.
+* CT (:func:`ct_metrics`): PSNR and SSIM in Hounsfield units over a stated display window
+  (both images clipped to ``[lo, hi]`` HU, data range ``hi − lo``), plus PSNR/SSIM on the
+  normalised attenuation scale ``[0, 1]`` (:func:`idm_med.datasets.dicom.hu_to_attenuation`)
+  with data range 1.
+* Natural images (:func:`luma_metrics`): PSNR/SSIM of the BT.601 luma ``Y`` of YCbCr on
+  ``[0, 1]`` (data range 1); RGB images are converted first, grey images are their luma.
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from .datasets.dicom import attenuation_to_hu
 
 
 def _as_numpy(a) -> np.ndarray:
@@ -55,9 +65,58 @@ def ssim(gt, pred, data_range: float | None = None) -> float:
 
 
 def evaluate(gt, pred, data_range: float | None = None) -> dict[str, float]:
-    """All three metrics as a dict ``{"psnr", "ssim", "nmse"}``."""
+    """All three metrics as a dict ``{"psnr", "ssim", "nmse"}`` (fastMRI's volume-level
+    metrics when ``gt`` is a ``(slices, H, W)`` volume and ``data_range`` is ``None``)."""
     return {
         "psnr": psnr(gt, pred, data_range),
         "ssim": ssim(gt, pred, data_range),
         "nmse": nmse(gt, pred),
+    }
+
+
+# -- CT -------------------------------------------------------------------------------------
+CT_WINDOW = (-160.0, 240.0)  # soft-tissue display window (level 40 HU, width 400 HU)
+
+
+def ct_metrics(gt, pred, window: tuple[float, float] = CT_WINDOW) -> dict[str, float]:
+    """CT metrics of normalised-attenuation images ``gt``/``pred`` (2-D or slices first).
+
+    Returns ``psnr_hu`` / ``ssim_hu`` over the HU ``window`` (both clipped to it, data
+    range its width), ``psnr`` / ``ssim`` on ``[0, 1]`` (data range 1) and ``nmse``.
+    """
+    gt, pred = _pair(gt, pred)
+    lo, hi = window
+    if not hi > lo:
+        raise ValueError(f"window must be (lo, hi) with hi > lo, got {window}")
+    gt_w = attenuation_to_hu(_as_numpy(gt)).clip(lo, hi)
+    pred_w = attenuation_to_hu(_as_numpy(pred)).clip(lo, hi)
+    return {
+        "psnr_hu": psnr(gt_w, pred_w, data_range=hi - lo),
+        "ssim_hu": ssim(gt_w, pred_w, data_range=hi - lo),
+        "psnr": psnr(gt, pred, data_range=1.0),
+        "ssim": ssim(gt, pred, data_range=1.0),
+        "nmse": nmse(gt, pred),
+    }
+
+
+# -- natural images --------------------------------------------------------------------------
+BT601 = (0.299, 0.587, 0.114)
+
+
+def luma(image) -> np.ndarray:
+    """BT.601 luma ``Y = 0.299 R + 0.587 G + 0.114 B`` of ``(..., H, W, 3)`` RGB in [0, 1];
+    a 2-D (or slices-first) grey image is returned as is."""
+    a = _as_numpy(image)
+    if a.ndim >= 3 and a.shape[-1] == 3:
+        return a @ np.asarray(BT601)
+    return a
+
+
+def luma_metrics(gt, pred) -> dict[str, float]:
+    """PSNR / SSIM / NMSE of the luma on ``[0, 1]`` (data range 1)."""
+    gt_y, pred_y = luma(gt), luma(pred)
+    return {
+        "psnr": psnr(gt_y, pred_y, data_range=1.0),
+        "ssim": ssim(gt_y, pred_y, data_range=1.0),
+        "nmse": nmse(gt_y, pred_y),
     }
