@@ -35,6 +35,7 @@ are identical:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -51,6 +52,7 @@ from torch.utils.checkpoint import checkpoint
 from .backbones import NoiseEstimator, small_unet_config
 from .injectors import InjectorContext, make_injectors
 from .operators import range_null_space_projection
+from .operators.base import check_finite
 from .reversible import (
     constrained_unit_interval,
     constrained_unit_interval_inverse,
@@ -61,6 +63,8 @@ logger = logging.getLogger(__name__)
 
 MEMORY_MODES = ("autograd", "checkpoint", "level1", "level1+2")
 WEIGHTS_NAME = "model.safetensors"
+#: The stored operator's tensors (explicit masks, coil maps, ...) beside the weights.
+OPERATOR_WEIGHTS_NAME = "operator.safetensors"
 
 
 class IDM(nn.Module, ConfigMixin):
@@ -78,8 +82,12 @@ class IDM(nn.Module, ConfigMixin):
         alpha_init: initial ``α_t``.
         v_init: initial level-1 ``v_t``.
         v_min: ``v`` (both levels) is kept in ``[v_min, 1 - v_min]``.
-        operator: optional operator config (``op.config``) stored with checkpoints; used
-            when ``forward`` gets no operator.
+        final_projection: end with one range–null-space step, so that ``A x̂ = y`` for
+            noiseless data (the last level-1 coupling mixes the unprojected state ``h_0``
+            into the output); ``False`` is the paper's network as published.
+        operator: optional operator config (``op.config``, JSON-safe) stored with
+            checkpoints; used when ``forward`` gets no operator. Its tensors (explicit
+            masks, coil maps) are saved in ``operator.safetensors``.
     """
 
     config_name = "config.json"
@@ -98,6 +106,7 @@ class IDM(nn.Module, ConfigMixin):
         v_init: float = 0.5,
         v_min: float = 0.05,
         operator: dict[str, Any] | None = None,
+        final_projection: bool = True,
     ) -> None:
         super().__init__()
         if int(steps) != steps or steps < 1:
@@ -108,6 +117,7 @@ class IDM(nn.Module, ConfigMixin):
         self.image_channels = int(image_channels)
         self.coupling = bool(coupling)
         self.v_min = float(v_min)
+        self.final_projection = bool(final_projection)
         self.backbone = NoiseEstimator(
             backbone or small_unet_config(), image_channels, invertible_blocks, v_min=v_min
         )
@@ -129,6 +139,7 @@ class IDM(nn.Module, ConfigMixin):
             self.w_T = nn.Parameter(torch.ones(()))
             self.w_0 = nn.Parameter(torch.zeros(()))
         self._operator_cache: nn.Module | None = None
+        self._operator_state: dict[str, torch.Tensor] | None = None
         self.memory_mode = "autograd"
 
     # -- schedule & couplings ----------------------------------------------------------
@@ -209,14 +220,21 @@ class IDM(nn.Module, ConfigMixin):
         """Crop ``x`` back to the spatial size of ``like`` (inverse of :meth:`_pad`)."""
         return x[..., : like.shape[-2], : like.shape[-1]]
 
+    def _set_operator_cache(self, operator: nn.Module | None) -> None:
+        # Not a submodule: the stored operator's tensors live in operator.safetensors, not
+        # in the model's state_dict (which must load strictly into a fresh model).
+        object.__setattr__(self, "_operator_cache", operator)
+
     def _resolve_operator(self, operator: nn.Module | None) -> nn.Module:
+        """``operator``, or the stored one: built once from ``config.operator`` (plus the
+        tensors of ``operator.safetensors``) and moved to the model's device and dtype."""
         if operator is None:
             if self.config.operator is None:
                 raise ValueError("no operator given and none stored in the model config")
             if self._operator_cache is None:
-                from .operators import make_operator
-
-                self._operator_cache = make_operator(**self.config.operator)
+                self._set_operator_cache(
+                    _build_operator(self.config.operator, self._operator_state)
+                )
             operator = self._operator_cache
             ref = next(self.parameters())
             operator.to(device=ref.device, dtype=ref.dtype)
@@ -231,6 +249,7 @@ class IDM(nn.Module, ConfigMixin):
             )
         try:
             operator.check_measurement(y, "y")
+            check_finite(y, "y")
         except ValueError as err:
             raise ValueError(
                 f"IDM expected y of shape (B, {', '.join(map(str, operator.measurement_shape))})"
@@ -295,33 +314,59 @@ class IDM(nn.Module, ConfigMixin):
         # Leaf parameters accumulate straight into .grad in the reversible backward, so no
         # full copy of the parameter gradients is held (train with loss.backward()).
         x0, h0 = coupled_sequence(functions, v, x, h, params, mode=seq_mode, accumulate_grad=True)
-        return x0 + self.w_0 * h0
+        out = x0 + self.w_0 * h0
+        if self.final_projection:
+            out = range_null_space_projection(out, y, self._resolve_operator(operator))
+        return out
 
     # -- persistence -------------------------------------------------------------------
     def save_pretrained(
         self, directory: str | os.PathLike, operator: nn.Module | None = None
     ) -> None:
-        """Write ``config.json`` + ``model.safetensors`` into ``directory``.
+        """Write ``config.json`` + ``model.safetensors`` (+ ``operator.safetensors``).
 
-        ``operator`` (optional) stores ``operator.config`` in the checkpoint's config.
+        ``operator`` (optional) becomes the model's stored operator: its JSON-safe
+        ``config`` goes into ``config.json``, its tensors (``state_dict``: explicit masks,
+        coil maps) into ``operator.safetensors``, and ``forward(y)`` without an operator
+        uses it from now on. Everything is serialised and checked (the operator is rebuilt
+        from what will be written) before any file is touched; each file is then written
+        atomically, ``config.json`` last, so a failure leaves the previous checkpoint and
+        the model's config as they were.
         """
         from .datasets.atomic import atomic_path
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        op_config, op_state, rebuilt = self.config.operator, self._operator_state, None
+        if operator is None and self._operator_cache is not None:
+            operator = self._operator_cache
         if operator is not None:
-            self.register_to_config(operator=dict(operator.config))
-        self.save_config(directory)
+            op_config = dict(operator.config)
+            op_state = {k: v.detach().cpu().contiguous() for k, v in operator.state_dict().items()}
+            rebuilt = _build_operator(op_config, op_state)  # raises before anything is written
+        config = json.loads(self.to_json_string())  # diffusers' layout and metadata
+        config["operator"] = op_config
+        config_text = json.dumps(config, indent=2, sort_keys=True, allow_nan=False)
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(directory / WEIGHTS_NAME) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt"})
+        if op_config is not None:
+            with atomic_path(directory / OPERATOR_WEIGHTS_NAME) as tmp:
+                save_file(op_state or {}, str(tmp), metadata={"format": "pt"})
+        with atomic_path(directory / self.config_name) as tmp:
+            tmp.write_text(config_text + "\n")
+        if operator is not None:
+            self.register_to_config(operator=op_config)
+            self._set_operator_cache(rebuilt)
+            self._operator_state = op_state
         logger.info("saved IDM (%d tensors) to %s", len(state), directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> IDM:
         """Load a model written by :meth:`save_pretrained` (local directory; no download).
 
-        The model takes the dtype of the stored weights.
+        The model takes the dtype of the stored weights; the stored operator (config and
+        ``operator.safetensors``) is rebuilt on first use.
         """
         directory = Path(directory)
         weights = directory / WEIGHTS_NAME
@@ -335,6 +380,9 @@ class IDM(nn.Module, ConfigMixin):
         if len(dtypes) == 1:
             model.to(dtypes.pop())
         model.load_state_dict(state, strict=True)
+        op_weights = directory / OPERATOR_WEIGHTS_NAME
+        if model.config.operator is not None and op_weights.is_file():
+            model._operator_state = load_file(str(op_weights))
         return model
 
     @classmethod
@@ -364,3 +412,13 @@ class IDM(nn.Module, ConfigMixin):
                 0 if self.injectors is None else sum(p.numel() for p in self.injectors.parameters())
             )
         return sum(p.numel() for p in self.parameters())
+
+
+def _build_operator(config: dict[str, Any], state: dict[str, torch.Tensor] | None) -> nn.Module:
+    """``make_operator(**config)`` with its tensors restored from ``state`` (strict)."""
+    from .operators import make_operator
+
+    operator = make_operator(**config)
+    if state:
+        operator.load_state_dict(state, strict=True)
+    return operator

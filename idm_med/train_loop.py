@@ -42,6 +42,14 @@ STATE_FILE = "training_state.pt"
 
 
 @dataclass
+class TrainResult:
+    """What :func:`run` returns: the model to ship and every step's loss of the run."""
+
+    model: nn.Module
+    losses: list[float]
+
+
+@dataclass
 class LoopConfig:
     """Optimisation settings shared by every trainer (saved in each checkpoint)."""
 
@@ -116,10 +124,11 @@ def run(
     resume: bool = False,
     progress: bool = True,
     desc: str = "train",
-) -> nn.Module:
+) -> TrainResult:
     """Train ``model`` for ``config.iterations`` steps; returns the model to ship (the EMA
-    copy when ``ema_decay > 0``). ``settings`` (JSON-safe) describe the run: on ``resume`` they
-    must equal the checkpoint's, so a run is never silently continued with other settings.
+    copy when ``ema_decay > 0``) and the losses. ``settings`` (JSON-safe) describe the run:
+    on ``resume`` they must equal the checkpoint's, so a run is never silently continued
+    with other settings.
 
     Writes ``output/checkpoint/`` (atomic), ``output/log.csv`` and, at the end, calls
     ``save_fn(final_model, output)``.
@@ -141,7 +150,13 @@ def run(
         start, losses = _resume(ckpt, model, ema, optimizer, settings)
     elif (ckpt / STATE_FILE).exists():
         raise FileExistsError(f"{ckpt} holds a checkpoint: pass resume=True (--resume)")
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator.num_processes > 1:
+        # No DDP wrapper: IDM's reversible backward writes .grad by hand, which DDP's
+        # reducer does not expect; gradients are averaged explicitly in train_step.
+        model = model.to(accelerator.device)
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
     model.train()
     log_rows: list[tuple] = []
@@ -153,17 +168,11 @@ def run(
         for group in optimizer.param_groups:
             group["lr"] = lr
         gen = step_generator(config.seed, step)
-        batch = make_batch(step, gen)
-        with accelerator.autocast():
-            loss = loss_fn(model, batch, gen)
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        if config.grad_clip > 0:
-            accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+        loss = train_step(model, make_batch(step, gen), loss_fn, gen, accelerator, config)
         optimizer.step()
         if ema is not None:
             ema.update(raw, step)
-        losses.append(float(loss.detach()))
+        losses.append(loss)
         log_rows.append((step + 1, losses[-1], lr, round(time.perf_counter() - t0, 2)))
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{lr:.1e}")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.iterations:
@@ -176,7 +185,48 @@ def run(
     final = ema.model if ema is not None else raw
     if accelerator.is_main_process:
         save_fn(final, output)
-    return final
+    return TrainResult(final, losses)
+
+
+def shard(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This process's share of a global batch (equal shares, so averaging the per-process
+    gradients of mean losses gives the gradient of the global mean loss)."""
+    n = batch.shape[0]
+    if n < world or n % world:
+        raise ValueError(f"batch size {n} must be a multiple of the number of processes ({world})")
+    return batch[rank * (n // world) : (rank + 1) * (n // world)]
+
+
+def train_step(
+    model: nn.Module,
+    batch: torch.Tensor,
+    loss_fn: Callable[[nn.Module, Any, torch.Generator], torch.Tensor],
+    gen: torch.Generator,
+    accelerator: Any,
+    config: LoopConfig,
+) -> float:
+    """Gradients of one step in ``.grad`` (averaged over processes, clipped); returns the
+    global mean loss. ``batch`` is the global batch; each process takes its share."""
+    world = accelerator.num_processes
+    local = shard(batch, accelerator.process_index, world) if world > 1 else batch
+    with accelerator.autocast():
+        loss = loss_fn(model, local, gen)
+    for p in model.parameters():
+        p.grad = None
+    accelerator.backward(loss)
+    loss = loss.detach().float()
+    if world > 1:
+        import torch.distributed as dist
+
+        for p in model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad /= world
+        dist.all_reduce(loss, op=dist.ReduceOp.SUM)
+        loss /= world
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    return float(loss)
 
 
 def _resume(

@@ -1,82 +1,176 @@
-"""Training: data augmentation, a short run that learns, and exact resumption."""
+"""Training: settings drawn per batch, a short run that learns, exact and checked resume,
+IDM started from a diffusion prior, and two-process training in every memory mode."""
 
 from __future__ import annotations
+
+import json
+import os
+import socket
 
 import numpy as np
 import pytest
 import torch
+from diffusers import UNet2DModel
 
+from idm_med import prior, train_loop
 from idm_med.backbones import small_unet_config
 from idm_med.datasets.phantoms import random_ellipse_batch
 from idm_med.model import IDM
-from idm_med.training import TrainingConfig, TrainingImageDataset, load_training_images, train
+from idm_med.training import (
+    OperatorPool,
+    TrainingConfig,
+    idm_from_prior,
+    load_training_images,
+    train,
+)
 
-TINY = small_unet_config(block_out_channels=(8, 16, 16), norm_num_groups=4)
+TINY_LAYOUT = dict(block_out_channels=(8, 16, 16), norm_num_groups=4)
+TINY = small_unet_config(**TINY_LAYOUT)
 
 
 def _data(n: int = 6, size: int = 24) -> list[np.ndarray]:
     return list(random_ellipse_batch(n, size=size, seed=3)[:, 0].numpy())
 
 
-def _config(**kw) -> TrainingConfig:
+def _config(iterations: int = 6, checkpoint_every: int = 3, **kw) -> TrainingConfig:
     base = dict(
         operator={"name": "inpainting", "missing_ratio": 0.5},
-        image_size=16,
-        image_channels=1,
-        backbone=TINY,
-        steps=2,
-        batch_size=2,
-        iterations=6,
-        learning_rate=1e-3,
-        halve_lr_every=100,
-        checkpoint_every=3,
-        seed=0,
-    )
+        image_size=16, image_channels=1, backbone=TINY, steps=2, batch_size=2,
+        loop=train_loop.LoopConfig(
+            iterations=iterations, learning_rate=1e-3, warmup=1, ema_decay=0.0,
+            checkpoint_every=checkpoint_every, seed=0,
+        ),
+    )  # fmt: skip
     return TrainingConfig(**(base | kw))
 
 
-def test_dataset_crops_augments_and_adds_phase():
-    data = _data(2, size=20)
-    real = TrainingImageDataset(data, size=16, channels=1, seed=0)
-    x = real[0]
-    assert x.shape == (1, 16, 16) and float(x.abs().max()) == pytest.approx(1.0)
-    assert torch.equal(x, real[0])  # deterministic per (seed, index, epoch)
-    real.epoch = 1
-    assert not torch.equal(x, real[0])
-    cplx = TrainingImageDataset(data, size=16, channels=2, seed=0)[1]
-    assert cplx.shape == (2, 16, 16) and cplx[1].abs().max() > 0  # random smooth phase
-    small = TrainingImageDataset([np.ones((8, 10), np.float32)], size=16)[0]
-    assert small.shape == (1, 16, 16)  # padded, then cropped
+def test_settings_are_drawn_per_batch():
+    cfg = _config(operator={"name": "gaussian_cs", "ratio": [0.1, 0.3, 0.5], "block_size": 8})
+    assert cfg.settings() == {"ratio": [0.1, 0.3, 0.5]}
+    pool = OperatorPool(cfg.operator, cfg.image_size)
+    drawn = {pool.kwargs(train_loop.step_generator(0, s))["ratio"] for s in range(30)}
+    assert drawn == {0.1, 0.3, 0.5}
+    assert pool.kwargs()["ratio"] == 0.1
+    assert pool(None) is pool(None)  # one operator per setting, built once
 
 
-def test_load_training_images_excludes_held_out_slices(tmp_path):
+def test_load_training_images_excludes_held_out_slices():
     from idm_med.datasets.samples import sample_path
 
     path = sample_path("brain_t1.nii.gz")
     all_slices = load_training_images([path], axis=2)
     kept = load_training_images([path], axis=2, exclude_slices={path.name: [40, 41]})
     assert len(kept) == len(all_slices) - 2
+    assert max(float(a.max()) for a in kept) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="no training images"):
         load_training_images([])
 
 
 def test_short_training_run_reduces_the_loss_and_saves(tmp_path):
-    losses = train(_config(iterations=40, checkpoint_every=20), _data(), tmp_path, progress=False)
+    result = train(_config(40, 20), tmp_path, data=_data(), progress=False)
+    losses = result.losses
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
     model = IDM.from_pretrained(tmp_path)
     assert model.config.operator["name"] == "inpainting"
-    assert (tmp_path / "training.json").is_file()
+    assert json.loads((tmp_path / "training.json").read_text())["steps"] == 2
     assert (tmp_path / "checkpoint" / "training_state.pt").is_file()
 
 
-def test_resume_continues_exactly(tmp_path):
-    full = train(_config(), _data(), tmp_path / "full", progress=False)
+def test_resume_continues_exactly_and_refuses_other_settings(tmp_path):
+    full = train(_config(), tmp_path / "full", data=_data(), progress=False).losses
     part = tmp_path / "part"
-    train(_config(iterations=3), _data(), part, progress=False)
-    resumed = train(_config(), _data(), part, resume=True, progress=False)
-    assert resumed[:3] == full[:3]
-    np.testing.assert_allclose(resumed[3:], full[3:], rtol=1e-5)
+    train(_config(iterations=3), part, data=_data(), progress=False)
+    resumed = train(_config(), part, data=_data(), resume=True, progress=False).losses
+    np.testing.assert_allclose(resumed, full, rtol=1e-5)
     a = IDM.from_pretrained(tmp_path / "full").state_dict()
     b = IDM.from_pretrained(part).state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="other settings"):
+        train(_config(image_size=24), part, data=_data(), resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(_config(), tmp_path / "empty", data=_data(), resume=True, progress=False)
+    with pytest.raises(FileExistsError):  # a fresh run never overwrites a trained one
+        train(_config(), part, data=_data(), progress=False)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_idm_from_prior_keeps_the_prior_at_the_folded_timestep(tmp_path, channels):
+    torch.manual_seed(0)
+    unet = UNet2DModel(**prior.prior_unet_config(1, **TINY_LAYOUT)).eval()
+    prior.save_prior(unet, tmp_path, {"kind": "prior"})
+    model = idm_from_prior(tmp_path, image_channels=channels, invertible_blocks=False).eval()
+    alpha0 = float(model.alphas_cumprod().detach()[2])
+    sched = prior.default_scheduler()
+    t = int(torch.argmin((sched.alphas_cumprod - alpha0).abs()))
+    x = torch.randn(2, channels, 16, 16)
+    with torch.no_grad():
+        ref = torch.cat([unet(x[:, c : c + 1], torch.full((2,), t)).sample
+                         for c in range(channels)], 1)  # fmt: skip
+        out = model.backbone(x)
+    if channels == 1:
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    else:  # conv_in shared by the parts: equal parts give the prior's response
+        same = torch.cat([x[:, :1], x[:, :1]], 1)
+        with torch.no_grad():
+            out = model.backbone(same)
+            ref = unet(x[:, :1], torch.full((2,), t)).sample
+        torch.testing.assert_close(out[:, :1], ref, rtol=1e-4, atol=1e-5)
+
+
+# -- two processes (gloo) -------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gradients(mode: str, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One training step's gradients of a tiny IDM on ``batch`` (the global batch)."""
+    from accelerate import Accelerator
+
+    from idm_med.operators import make_operator
+
+    torch.manual_seed(0)
+    model = IDM(backbone=TINY, image_channels=1, steps=2).double().set_memory_mode(mode)
+    op = make_operator("inpainting", image_size=16, missing_ratio=0.5, seed=1).double()
+
+    def loss_fn(net, x, gen):
+        return (net(op.A(x), op) - x).abs().mean()
+
+    acc = Accelerator()
+    gen = train_loop.step_generator(0, 0)
+    train_loop.train_step(model, batch, loss_fn, gen, acc, train_loop.LoopConfig(grad_clip=0))
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _worker(rank: int, world: int, port: int, mode: str, batch, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    grads = _gradients(mode, batch)
+    if rank == 0:
+        torch.save(grads, out)
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("mode", ["level1+2", "autograd"])
+def test_two_processes_give_the_single_process_gradients(tmp_path, mode):
+    batch = torch.rand(
+        4, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
+    )
+    single = _gradients(mode, batch)
+    out = str(tmp_path / "grads.pt")
+    torch.multiprocessing.spawn(_worker, args=(2, _free_port(), mode, batch, out), nprocs=2)
+    double = torch.load(out)
+    assert double.keys() == single.keys()
+    for name, g in single.items():
+        torch.testing.assert_close(double[name], g, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_batch_smaller_than_the_processes_is_a_clear_error():
+    with pytest.raises(ValueError, match="multiple of the number of processes"):
+        train_loop.shard(torch.zeros(1, 1, 4, 4), 0, 2)
