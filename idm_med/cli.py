@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .cli_training import add_training_commands
 from .runner import format_metrics
 
 logger = logging.getLogger("idm_med")
@@ -162,45 +163,6 @@ def cmd_init(args: argparse.Namespace) -> int:
         f"wrote {args.output}: IDM T={args.steps}, {model.num_parameters():,} parameters "
         f"({model.num_parameters(injectors_only=True):,} in injectors)"
     )
-    return 0
-
-
-def _parse_exclude(items: list[str]) -> dict[str, list[int]]:
-    """``["brain.nii.gz:60,75"]`` → ``{"brain.nii.gz": [60, 75]}``."""
-    out: dict[str, list[int]] = {}
-    for item in items:
-        name, _, indices = item.rpartition(":")
-        if not name or not indices:
-            raise ValueError(f"--exclude expects FILE:i,j,... got {item!r}")
-        out.setdefault(name, []).extend(int(i) for i in indices.split(","))
-    return out
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from .training import TrainingConfig, load_training_images, train
-
-    operator = {"name": args.operator, **_operator_kwargs(args, args.operator)}
-    channels = args.image_channels or (2 if args.operator == "mri" else 1)
-    config = TrainingConfig(
-        operator=operator,
-        image_size=args.image_size,
-        image_channels=channels,
-        backbone=args.backbone,
-        steps=args.steps,
-        memory_mode=args.memory_mode,
-        batch_size=args.batch_size,
-        iterations=args.iterations,
-        learning_rate=args.lr,
-        halve_lr_every=args.halve_lr_every,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-    )
-    data = load_training_images(
-        args.data, axis=args.axis, exclude_slices=_parse_exclude(args.exclude)
-    )
-    logger.info("training on %d images", len(data))
-    losses = train(config, data, args.output, resume=args.resume)
-    print(f"wrote {args.output} (final loss {sum(losses[-50:]) / max(len(losses[-50:]), 1):.4f})")
     return 0
 
 
@@ -417,52 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     init.set_defaults(func=cmd_init)
 
-    tr = add(
-        "train",
-        help="train an IDM model end to end on simulated measurements",
-        description="Crop and augment ground-truth images from --data (NIfTI volumes, "
-        "single-coil fastMRI .h5, PNG/TIFF/NumPy), measure them with the operator (masks "
-        "redrawn every step), and fine-tune the whole IDM with an L1 loss. Checkpoints go to "
-        "OUTPUT/checkpoint every --checkpoint-every steps; --resume continues from there. "
-        "Runs under `accelerate launch` for multiple GPUs or nodes.",
-    )
-    tr.add_argument("--data", nargs="+", required=True, help="training files")
-    tr.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="FILE:i,j",
-        help="held-out slices of a file (repeatable)",
-    )
-    tr.add_argument("--axis", type=int, default=2, help="NIfTI slice axis")
-    tr.add_argument("--output", required=True, help="model directory to write")
-    tr.add_argument(
-        "--operator",
-        choices=["mri", "gaussian_cs", "inpainting", "superres", "ct"],
-        default="mri",
-        help="forward operator the model learns to invert",
-    )
-    _add_measurement_args(tr)
-    tr.add_argument("--image-size", type=int, default=128, help="training crop size")
-    tr.add_argument("--image-channels", type=int, help="default: 2 for mri, else 1")
-    tr.add_argument("--backbone", default="small", help="small | sd | LOCAL_SD_UNET_DIR")
-    tr.add_argument("--steps", type=int, default=3, help="unrolled steps T")
-    tr.add_argument(
-        "--memory-mode",
-        default="level1+2",
-        choices=["autograd", "checkpoint", "level1", "level1+2"],
-        help="backward memory saving (reversible level 1 / level 1+2, or plain autograd)",
-    )
-    tr.add_argument("--batch-size", type=int, default=4, help="images per step")
-    tr.add_argument("--iterations", type=int, default=1000, help="optimiser steps")
-    tr.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate")
-    tr.add_argument(
-        "--halve-lr-every", type=int, default=400, help="steps between learning-rate halvings"
-    )
-    tr.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
-    tr.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
-    tr.add_argument("--seed", type=int, default=0, help="data, mask and initialisation seed")
-    tr.set_defaults(func=cmd_train)
+    add_training_commands(add)
 
     bench = add(
         "bench",
