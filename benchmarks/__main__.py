@@ -1,4 +1,4 @@
-"""Run a benchmark suite: ``python -m benchmarks {operators,memory,speed,mri} [--help]``."""
+"""Run a benchmark suite: ``python -m benchmarks SUITE [--quick] [--help]``."""
 
 from __future__ import annotations
 
@@ -8,26 +8,37 @@ import logging
 import sys
 
 SUITES = {
+    "mri": "MRI 4×/8×, random/equispaced, single-coil and SENSE (results/mri.md)",
+    "ct": "sparse-view CT, 30/60/90 views (results/ct.md)",
+    "cs": "block Gaussian CS, ratios 0.1/0.3/0.5 (results/cs.md)",
+    "inpaint": "inpainting, 90% random pixels and a box (results/inpaint.md)",
+    "superres": "super-resolution ×2 and ×4 (results/superres.md)",
+    "tune": "tune the baselines per setting on validation images (results/tuning.json)",
     "operators": "time A, At and A_pinv of every operator (results/operators.md)",
     "memory": "training-step memory of the IDM modes over T (results/memory.md)",
     "speed": "reconstruction time of IDM (T=3) against DDNM (100 steps) (results/speed.md)",
-    "mri": "MRI quality on held-out data: zero-filled, TV, IDM (results/mri.md)",
 }
+
+
+def run(suite: str, argv: list[str]) -> None:
+    """Run ``suite`` with its own options ``argv``."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; expected one of {sorted(SUITES)}")
+    importlib.import_module(f"benchmarks.{suite}").main(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="idm-med benchmark suites; each writes its table under benchmarks/results/.",
+        description="idm-med benchmark suites; each writes its results under benchmarks/results/.",
         epilog="\n".join(f"  {name:10s} {text}" for name, text in SUITES.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("suite", choices=sorted(SUITES), help="which suite to run")
+    parser.add_argument("suite", choices=list(SUITES), help="which suite to run")
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    module = importlib.import_module(f"benchmarks.{args.suite}")
-    module.main(rest)
+    run(args.suite, rest)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ operator at ratio 0.1. For every backbone, T and memory mode it reports
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import json
 import logging
@@ -45,6 +44,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from benchmarks.machine import describe_machine
+from benchmarks.options import base_parser
 from idm_med.backbones import sd_layout_config, small_unet_config
 from idm_med.model import IDM, MEMORY_MODES
 from idm_med.operators import make_operator
@@ -515,7 +515,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n")[0])
+    parser = base_parser(
+        COMMAND, __doc__.split("\n")[0], "tiny in-process run (small 16², T 1 2) for tests"
+    )
     parser.add_argument("--backbones", nargs="+", choices=sorted(BACKBONES), default=None)
     parser.add_argument(
         "--sizes",
@@ -531,16 +533,6 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="timed steps after the warm-up (default: sd 1, small 3, to fit ~15 min)",
     )
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny in-process run (small 16², T 1 2) for tests"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (1: on a shared, oversubscribed machine 2 threads spin-wait)",
-    )
-    parser.add_argument("--output-dir", type=Path, default=RESULTS)
     parser.add_argument(
         "--render",
         action="store_true",

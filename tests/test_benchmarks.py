@@ -69,3 +69,55 @@ def test_operators_quick(tmp_path) -> None:
     table = out.read_text()
     for label in ("gaussian_cs", "inpainting", "superres", "mri", "mri 8 coils", "ct"):
         assert f"| {label} | 32² | 1 |" in table
+
+
+def test_quality_suite_tiny(tmp_path) -> None:
+    """The suite framework end to end at 32²: tuned parameters are used, every applicable
+    method gets a row, and the table, JSON and figures are written."""
+    from benchmarks import cs
+    from benchmarks.suite import RunConfig, run_suite, write_results
+
+    config = RunConfig(
+        size=32,
+        max_sources=1,
+        max_slices=1,
+        settings=("ratio 0.3",),
+        overrides={"tv": {"n_iter": 100}, "wavelet": {"n_iter": 20}},
+    )
+    tuning = {"cs": {"ratio 0.3": {"tv": {"best": {"lam": 3e-3}, "fixed": {}}}}}
+    payload = run_suite(cs.SUITE, config, tuning)
+    write_results(cs.SUITE, payload, tmp_path, "test")
+    rows = {r["method"]: r for r in json.loads((tmp_path / "cs.json").read_text())["rows"]}
+    assert set(rows) == {"pinv", "tv", "wavelet"}
+    assert rows["tv"]["params"] == {"lam": 3e-3, "n_iter": 100} and rows["tv"]["tuned"]
+    assert not rows["wavelet"]["tuned"]  # no tuning record: defaults, flagged
+    assert rows["tv"]["psnr"] > rows["pinv"]["psnr"] + 3
+    for r in rows.values():
+        assert r["seconds"] > 0 and r["peak_mib"] >= 0
+        assert set(r["per_source"]) == {"camera"}
+    table = (tmp_path / "cs.md").read_text()
+    assert "| TV (Chambolle–Pock) |" in table and "(untuned)" in table
+    assert (tmp_path / "cs_ratio-0-3.png").stat().st_size > 0
+    assert (tmp_path / "cs_psnr.png").stat().st_size > 0
+
+
+def test_tune_and_mri_suite_tiny(tmp_path) -> None:
+    """Tuning on validation images feeds the MRI suite (complex images, fastMRI scores)."""
+    from dataclasses import replace
+
+    from benchmarks import mri
+    from benchmarks.suite import RunConfig, run_suite
+    from benchmarks.tune import tune_suite
+
+    setting = "4x random single-coil"
+    suite = replace(mri.SUITE, methods=("pinv", "tv"))
+    record = tune_suite(suite, 32, 1, [setting])
+    tv = record[setting]["tv"]
+    assert tv["best"] in [s["params"] for s in tv["scores"]]
+    assert tv["best_score"] == max(s["score"] for s in tv["scores"])
+    assert tv["validation"] == {"mni152_val": 1}
+    config = RunConfig(size=32, max_sources=1, max_slices=1, settings=(setting,))
+    payload = run_suite(suite, config, {"mri": record})
+    rows = {r["method"]: r for r in payload["rows"]}
+    assert rows["tv"]["params"]["lam"] == tv["best"]["lam"]
+    assert 0 < rows["pinv"]["nmse"] and rows["tv"]["nmse"] < rows["pinv"]["nmse"]

@@ -1,0 +1,40 @@
+"""Block Gaussian compressed sensing suite: ``python -m benchmarks cs [--quick]``.
+
+Ratios 0.1, 0.3 and 0.5 on 32×32 blocks (the IDM paper's natural-image CS task), on the
+corpus's test images (cameraman, barbara, monarch).
+"""
+
+from __future__ import annotations
+
+from benchmarks import natural
+from benchmarks.main import suite_main
+from benchmarks.suite import Setting, Suite
+from idm_med.operators import make_operator
+
+RATIOS = (0.1, 0.3, 0.5)
+
+
+def _setting(ratio: float) -> Setting:
+    def build(size: int):
+        return make_operator("gaussian_cs", image_size=size, ratio=ratio, block_size=32)
+
+    return Setting(f"ratio {ratio:g}", build, ratio, "block Gaussian CS")
+
+
+SUITE = Suite(
+    name="cs",
+    title="Block Gaussian compressed sensing on held-out natural images",
+    modality="natural",
+    settings=tuple(_setting(r) for r in RATIOS),
+    methods=("pinv", "tv", "wavelet"),
+    encode=natural.encode,
+    decode=natural.decode,
+    score=natural.score,
+    columns=natural.COLUMNS,
+    notes=natural.NOTES,
+    grids={"tv": {"lam": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]}},
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    suite_main(SUITE, argv)

@@ -1,0 +1,107 @@
+"""Tune every baseline per setting on validation images: ``python -m benchmarks tune``.
+
+For each quality suite, setting and method with a grid (:mod:`idm_med.baselines`), the
+grid is searched on the corpus's *validation* images (never the test images) by mean
+PSNR, and the grid, every score and the choice are written to
+``benchmarks/results/tuning.json``, which the suites read.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+
+import torch
+
+from benchmarks import data
+from benchmarks.machine import describe_machine
+from benchmarks.options import base_parser
+from benchmarks.suite import Suite
+from idm_med import baselines
+from idm_med.baselines.tuning import grid_search
+from idm_med.datasets.atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+QUALITY_SUITES = ("mri", "ct", "cs", "inpaint", "superres")
+TUNE_SIZE = 256
+MAX_VAL_SLICES = 2  # per validation source
+
+
+def tune_suite(
+    suite: Suite, size: int, max_slices: int | None, settings: list[str] | None = None
+) -> dict:
+    """``{setting: {method: grid-search record}}`` of one suite on validation images."""
+    val = data.images(suite.modality, "val", size, max_slices=max_slices)
+    images = [im for imgs in val.values() for im in imgs]
+    out: dict = {}
+    for setting in suite.settings:
+        if settings is not None and setting.name not in settings:
+            continue
+        op = setting.make_operator(size)
+        cases = []
+        for i, im in enumerate(images):
+            x = suite.encode(im, 1000 + i)  # phases etc. seeded apart from the test images
+            cases.append((op.A(x), op, suite.decode(x)))
+
+        def score(ref, rec) -> float:
+            return suite.score(ref[None], suite.decode(rec)[None])["psnr"]
+
+        out[setting.name] = {}
+        for method in baselines.applicable(op, list(suite.methods)):
+            if not baselines.get(method).grid:
+                continue
+            fixed = suite.fixed.get(method, {})
+            record = grid_search(method, cases, score, suite.grids.get(method), fixed)
+            record["validation"] = {k: len(v) for k, v in val.items()}
+            out[setting.name][method] = record
+            logger.info(
+                "%s | %s | %s -> %s (%.2f dB)",
+                suite.name,
+                setting.name,
+                method,
+                record["best"],
+                record["best_score"],
+            )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(
+        "python -m benchmarks tune",
+        __doc__,
+        "tiny run (64², 1 validation slice, first setting) into OUTPUT_DIR",
+    )
+    parser.add_argument("--suites", nargs="+", choices=QUALITY_SUITES, default=list(QUALITY_SUITES))
+    parser.add_argument("--settings", nargs="+", default=None, help="only these settings")
+    parser.add_argument(
+        "--max-slices", type=int, default=MAX_VAL_SLICES, help="validation slices per source"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    size, slices = (64, 1) if args.quick else (TUNE_SIZE, args.max_slices)
+    path = args.output_dir / "tuning.json"
+    t0 = time.perf_counter()
+    for name in args.suites:
+        suite = importlib.import_module(f"benchmarks.{name}").SUITE
+        settings = args.settings or ([suite.settings[0].name] if args.quick else None)
+        result = tune_suite(suite, size, slices, settings)
+        # Re-read and write after every suite: a long run keeps what it finished, and
+        # concurrent runs on different suites do not drop each other's records.
+        payload = json.loads(path.read_text()) if path.is_file() else {"suites": {}}
+        payload["suites"].setdefault(name, {}).update(result)
+        payload["runs"] = {
+            **payload.get("runs", {}),
+            name: {
+                "command": "python -m benchmarks tune" + (" " + " ".join(argv) if argv else ""),
+                "machine": describe_machine(),
+                "image_size": size,
+                "max_validation_slices": slices,
+                "wall_seconds": time.perf_counter() - t0,
+            },
+        }
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(payload, indent=1))
+    logger.info("wrote %s (%.0f s)", path, time.perf_counter() - t0)
