@@ -2,15 +2,23 @@
 
 Used where an operator has no closed-form pseudo-inverse (multi-coil SENSE MRI,
 sparse-view CT): ``A† y`` is the minimum-norm solution of the normal equations
-``AᵀA x = Aᵀ y``, which CG started from zero reaches because every iterate stays in the
-range of ``Aᵀ``.
+``AᵀA x = Aᵀ y``, which CG reaches when it starts in the range of ``Aᵀ`` (zero, or a warm
+start of the form ``Aᵀ z``) and its preconditioner maps that range into itself, because
+every iterate then stays in the range of ``Aᵀ``.
+
+:class:`CGPseudoInverse` is the one place that owns the CG settings of an operator
+(tolerance, iteration cap, float64 policy, preconditioner, warm start), so every
+CG-based operator solves the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
+
+LinearMap = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -19,10 +27,12 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def conjugate_gradient(
-    normal_op: Callable[[torch.Tensor], torch.Tensor],
+    normal_op: LinearMap,
     rhs: torch.Tensor,
     tol: float = 1e-6,
     max_iter: int = 200,
+    x0: torch.Tensor | None = None,
+    preconditioner: LinearMap | None = None,
 ) -> torch.Tensor:
     """Solve ``normal_op(x) = rhs`` for every sample of the batch independently.
 
@@ -31,16 +41,24 @@ def conjugate_gradient(
         rhs: right-hand side ``(B, ...)``.
         tol: stop when every sample's residual norm is below ``tol`` times its ``‖rhs‖``.
         max_iter: iteration cap.
+        x0: starting point (default zero).
+        preconditioner: symmetric positive (semi-)definite ``M ≈ normal_op⁻¹``; CG then
+            minimises in the ``M``-preconditioned Krylov space (default: identity).
 
     Returns:
         ``x`` shaped like ``rhs``. Each sample uses its own step sizes, so a sample's
         solution never depends on the rest of the batch.
     """
-    x = torch.zeros_like(rhs)
-    r = rhs.clone()
-    p = r.clone()
+    apply_m = preconditioner or (lambda v: v)
+    if x0 is None:
+        x, r = torch.zeros_like(rhs), rhs.clone()
+    else:
+        x, r = x0.clone(), rhs - normal_op(x0)
+    h = apply_m(r)
+    p = h.clone()
+    rh = _dot(r, h)
     rr = _dot(r, r)
-    threshold = (tol**2) * rr
+    threshold = (tol**2) * _dot(rhs, rhs)
     tiny = torch.finfo(rhs.dtype).tiny
     # In low precision the residual can stall and then grow on ill-conditioned systems:
     # return, per sample, the iterate with the smallest residual seen.
@@ -51,14 +69,16 @@ def conjugate_gradient(
         Ap = normal_op(p)
         pAp = _dot(p, Ap)
         # Samples that have converged (or whose rhs is zero) stop moving.
-        active = (rr > threshold) & (pAp > tiny)
-        alpha = torch.where(active, rr / pAp.clamp_min(tiny), torch.zeros_like(rr))
+        active = (rr > threshold) & (pAp > tiny) & (rh > tiny)
+        alpha = torch.where(active, rh / pAp.clamp_min(tiny), torch.zeros_like(rh))
         x = x + alpha * p
         r = r - alpha * Ap
-        rr_new = _dot(r, r)
-        beta = torch.where(active, rr_new / rr.clamp_min(tiny), torch.zeros_like(rr))
-        p = r + beta * p
-        rr = torch.where(active, rr_new, rr)
+        h = apply_m(r)
+        rh_new = _dot(r, h)
+        beta = torch.where(active, rh_new / rh.clamp_min(tiny), torch.zeros_like(rh))
+        p = h + beta * p
+        rh = torch.where(active, rh_new, rh)
+        rr = torch.where(active, _dot(r, r), rr)
         improved = rr < best_rr
         best_x = torch.where(improved, x, best_x)
         best_rr = torch.where(improved, rr, best_rr)
@@ -74,26 +94,79 @@ class _PseudoInverseCG(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, y, A, At, tol, max_iter):
+    def forward(ctx, y, A, At, tol, max_iter, x0, preconditioner):
         ctx.A, ctx.At, ctx.tol, ctx.max_iter = A, At, tol, max_iter
         with torch.no_grad():
-            return conjugate_gradient(lambda v: At(A(v)), At(y), tol, max_iter)
+            return conjugate_gradient(lambda v: At(A(v)), At(y), tol, max_iter, x0, preconditioner)
 
     @staticmethod
     def backward(ctx, grad_x):
         A, At = ctx.A, ctx.At
         with torch.no_grad():
             grad_y = conjugate_gradient(lambda w: A(At(w)), A(grad_x), ctx.tol, ctx.max_iter)
-        return grad_y, None, None, None, None
+        return grad_y, None, None, None, None, None, None
 
 
 def pinv_by_cg(
     y: torch.Tensor,
-    A: Callable[[torch.Tensor], torch.Tensor],
-    At: Callable[[torch.Tensor], torch.Tensor],
+    A: LinearMap,
+    At: LinearMap,
     tol: float = 1e-6,
     max_iter: int = 200,
+    x0: torch.Tensor | None = None,
+    preconditioner: LinearMap | None = None,
 ) -> torch.Tensor:
     """Differentiable Moore–Penrose pseudo-inverse ``A† y`` of a linear map given by
-    ``A`` and its exact adjoint ``At`` (gradients flow to ``y``; the maps are fixed)."""
-    return _PseudoInverseCG.apply(y, A, At, tol, max_iter)
+    ``A`` and its exact adjoint ``At`` (gradients flow to ``y``; the maps are fixed).
+
+    ``x0`` (a warm start) and ``preconditioner`` (for ``AᵀA``) keep the result the
+    minimum-norm solution only if ``x0`` lies in the range of ``Aᵀ`` and the
+    preconditioner maps that range into itself. Neither is used by the backward, whose
+    consistent system ``A Aᵀ w = A g`` starts from zero."""
+    if x0 is not None:
+        x0 = x0.detach()
+    return _PseudoInverseCG.apply(y, A, At, tol, max_iter, x0, preconditioner)
+
+
+class CGPseudoInverse:
+    """Mixin for operators whose ``A_pinv`` is CG on the normal equations.
+
+    The operator calls :meth:`_init_cg` in its constructor and :meth:`_cg_pinv` from its
+    ``_A_pinv``; it may override :meth:`_cg_maps` (the pair ``(A, Aᵀ)`` computing in a
+    given dtype), :meth:`_cg_warm_start` (a start in the range of ``Aᵀ``) and
+    :meth:`_cg_preconditioner` (an SPD map of ``AᵀA``'s domain that keeps the range of
+    ``Aᵀ``). With ``cg_float64`` the solve runs in float64 whatever the input dtype (low
+    precision CG stalls on ill-conditioned systems) and returns in the input's dtype.
+    """
+
+    cg_tol: float
+    cg_max_iter: int
+    cg_float64: bool
+
+    def _init_cg(self, tol: float, max_iter: int, float64: bool = True) -> dict[str, Any]:
+        """Validate and store the settings; returns them for the operator's config."""
+        if not 0.0 < float(tol) < 1.0:
+            raise ValueError(f"cg_tol must lie in (0, 1), got {tol!r}")
+        if isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 1:
+            raise ValueError(f"cg_max_iter must be a positive integer, got {max_iter!r}")
+        self.cg_tol, self.cg_max_iter, self.cg_float64 = float(tol), int(max_iter), bool(float64)
+        return {"cg_tol": self.cg_tol, "cg_max_iter": self.cg_max_iter}
+
+    def _cg_maps(self, dtype: torch.dtype) -> tuple[LinearMap, LinearMap]:
+        return self._A, self._At  # type: ignore[attr-defined]
+
+    def _cg_warm_start(self, y: torch.Tensor, A: LinearMap, At: LinearMap) -> torch.Tensor | None:
+        return None
+
+    def _cg_preconditioner(self, dtype: torch.dtype) -> LinearMap | None:
+        return None
+
+    def _cg_pinv(self, y: torch.Tensor) -> torch.Tensor:
+        """``A† y`` by (preconditioned, warm-started) CG; differentiable in ``y``."""
+        work = torch.float64 if self.cg_float64 else y.dtype
+        A, At = self._cg_maps(work)
+        yw = y.to(work)
+        with torch.no_grad():
+            x0 = self._cg_warm_start(yw.detach(), A, At)
+        x = pinv_by_cg(yw, A, At, self.cg_tol, self.cg_max_iter, x0, self._cg_preconditioner(work))
+        return x.to(y.dtype)

@@ -1,18 +1,20 @@
 """Parallel-beam Radon transform in pure torch (CPU and GPU, differentiable).
 
-Discretisation (identical to ``skimage.transform.radon(image, theta, circle=True)``):
-for an ``N x N`` image with rotation centre ``c = N // 2`` and view angle ``θ``, detector
-bin ``s = j - c`` (``j = 0 … N-1``) integrates the image along the ray
+Discretisation (identical to ``skimage.transform.radon(image, theta, circle=...)``): an
+``N x N`` image has rotation centre ``c = N // 2``; a detector of ``D`` bins has centre
+``d = D // 2``. By default (``circle=False``) ``D = ⌈√2·N⌉`` so the detector covers the
+image diagonal and every pixel is measured; with ``circle=True`` ``D = N`` and pixels
+outside the inscribed disc (``(r-c)² + (k-c)² > (N//2)²``, skimage's mask) are treated
+as zero, so they form part of the null space. For view angle ``θ`` detector bin
+``s = j - d`` (``j = 0 … D-1``) integrates the image along the ray
 
     p_θ(s) = Σ_t  x_bilinear(row = c + t cos θ - s sin θ,  col = c + s cos θ + t sin θ),
 
-with ``t = -c … N-1-c`` in unit steps and zero outside the image. Pixels outside the
-inscribed disc (``(r-c)² + (k-c)² > (N//2)²``, skimage's ``circle=True`` mask) are treated
-as zero, so the transform is rotation-consistent and those pixels form part of its null
-space.
+with ``t = -d … D-1-d`` in unit steps and zero outside the image (for ``circle=False``
+this is skimage's zero-padding of the image to ``D x D`` about the same centre).
 
 Because every sample is a fixed bilinear combination of four pixels, the transform is a
-sparse matrix ``R ∈ R^{(V·N) x N²}`` built once per geometry and applied with torch's CSR
+sparse matrix ``R ∈ R^{(V·D) x N²}`` built once per geometry and applied with torch's CSR
 matrix product. The back-projection is ``Rᵀ`` stored as its own CSR matrix, so the adjoint
 is exact (the dot-product test holds to rounding) and both directions cost one sparse
 product. On 2 CPU cores this is 3-7x faster than rotating a sampling grid with
@@ -47,13 +49,24 @@ def parallel_beam_angles(
     return torch.arange(n_views, dtype=dtype) * (math.radians(angle_range) / n_views)
 
 
+def detector_count(image_size: int, circle: bool = False) -> int:
+    """Detector bins ``D``: ``N`` for ``circle=True``, else ``⌈√2·N⌉`` (the image diagonal,
+    the size ``skimage.transform.radon(circle=False)`` pads the image to)."""
+    n = int(image_size)
+    return n if circle else n + int(math.ceil(math.sqrt(2) * n - n))
+
+
 # -- the sparse system matrix -------------------------------------------------------------
 def radon_matrix_transpose(
-    image_size: int, angles: torch.Tensor, drop_below: float = 1e-12
+    image_size: int,
+    angles: torch.Tensor,
+    n_detectors: int | None = None,
+    circle: bool = False,
+    drop_below: float = 1e-12,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Build ``Rᵀ``, the transpose of the Radon system matrix, in CSR form (float64, CPU).
 
-    Row ``r·N + k`` of ``Rᵀ`` is pixel ``(r, k)``; column ``v·N + j`` is detector ``j`` of
+    Row ``r·N + k`` of ``Rᵀ`` is pixel ``(r, k)``; column ``v·D + j`` is detector ``j`` of
     view ``v``. The entry is the total bilinear weight the pixel receives from the samples
     of that ray: ``Σ_t Λ(Δrow) Λ(Δcol)`` with ``Λ(d) = max(0, 1 - |d|)`` and
     ``Δrow = t cos θ - s sin θ - (r - c)``, ``Δcol = s cos θ + t sin θ - (k - c)``.
@@ -64,20 +77,26 @@ def radon_matrix_transpose(
     arithmetic, e.g. at 90°) are dropped.
 
     Args:
-        image_size: ``N``; the image is ``N x N`` and there are ``N`` detector bins.
+        image_size: ``N``; the image is ``N x N``.
         angles: view angles in radians, shape ``(V,)``.
+        n_detectors: ``D`` (default :func:`detector_count`).
+        circle: measure only the inscribed disc (pixels outside get empty rows).
 
     Returns:
-        ``(crow_indices, col_indices, values)`` of ``Rᵀ ∈ R^{N² x (V·N)}`` (int64, float64).
+        ``(crow_indices, col_indices, values)`` of ``Rᵀ ∈ R^{N² x (V·D)}`` (int64, float64).
     """
     n = int(image_size)
-    c = n // 2
+    n_det = detector_count(n, circle) if n_detectors is None else int(n_detectors)
+    c, d = n // 2, n_det // 2
     angles = torch.as_tensor(angles, dtype=torch.float64).reshape(-1)
     rr, kk = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
     rho, kappa = (rr - c).reshape(-1), (kk - c).reshape(-1)
-    in_disc = (rho**2 + kappa**2 <= c * c).nonzero().squeeze(1)  # skimage circle=True mask
-    rho = rho[in_disc].double().view(-1, 1, 1, 1)  # (P, 1, 1, 1): P pixels in the disc
-    kappa = kappa[in_disc].double().view(-1, 1, 1, 1)
+    if circle:  # skimage circle=True mask
+        pixels = (rho**2 + kappa**2 <= c * c).nonzero().squeeze(1)
+    else:
+        pixels = torch.arange(n * n)
+    rho = rho[pixels].double().view(-1, 1, 1, 1)  # (P, 1, 1, 1): P measured pixels
+    kappa = kappa[pixels].double().view(-1, 1, 1, 1)
     window = torch.arange(-1, 3, dtype=torch.float64)
     weights, detectors = [], []
     # Views in chunks of about 2 M candidates: few large tensor ops (cheap per element)
@@ -95,17 +114,17 @@ def radon_matrix_transpose(
         d_col = (s * cos - kappa) + t * sin
         w = d_row.abs_().neg_().add_(1).clamp_min_(0)  # Λ(Δrow)
         w.mul_(d_col.abs_().neg_().add_(1).clamp_min_(0))  # · Λ(Δcol)
-        w.mul_((t >= -c) & (t <= n - 1 - c))  # the ray has N samples, t = -c … N-1-c
-        detector = (s.squeeze(3) + c).long()  # (P, v, 4)
-        weights.append(w.sum(3).mul_((detector >= 0) & (detector < n)))
+        w.mul_((t >= -d) & (t <= n_det - 1 - d))  # the ray has D samples, t = -d … D-1-d
+        detector = (s.squeeze(3) + d).long()  # (P, v, 4)
+        weights.append(w.sum(3).mul_((detector >= 0) & (detector < n_det)))
         detectors.append(detector)
     weight = torch.cat(weights, 1)  # (P, V, 4)
     detector = torch.cat(detectors, 1)
-    column = detector + (torch.arange(angles.numel()) * n).view(1, -1, 1)
+    column = detector + (torch.arange(angles.numel()) * n_det).view(1, -1, 1)
     keep = weight > drop_below
     # Row-major (pixel, view, detector) order: columns increase within every row.
     counts = torch.zeros(n * n, dtype=torch.long)
-    counts[in_disc] = keep.flatten(1).sum(1)
+    counts[pixels] = keep.flatten(1).sum(1)
     crow = torch.zeros(n * n + 1, dtype=torch.long)
     crow[1:] = torch.cumsum(counts, 0)
     return crow, column[keep], weight[keep]
@@ -119,7 +138,9 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, shape: tuple[
 
 
 @functools.lru_cache(maxsize=1)
-def _system_matrices(image_size: int, angles: tuple[float, ...]) -> tuple[torch.Tensor, ...]:
+def _system_matrices(
+    image_size: int, angles: tuple[float, ...], n_detectors: int, circle: bool
+) -> tuple[torch.Tensor, ...]:
     """``(crow, col, val)`` of ``R`` then of ``Rᵀ``: int32 indices, float64 values, CPU.
 
     The last geometry is cached because a build takes seconds at 256² and rebuilding an
@@ -127,9 +148,9 @@ def _system_matrices(image_size: int, angles: tuple[float, ...]) -> tuple[torch.
     that can reach gigabytes), so they must never be modified in place.
     """
     crow_t, col_t, val_t = radon_matrix_transpose(
-        image_size, torch.tensor(angles, dtype=torch.float64)
+        image_size, torch.tensor(angles, dtype=torch.float64), n_detectors, circle
     )
-    shape_t = (image_size**2, len(angles) * image_size)
+    shape_t = (image_size**2, len(angles) * n_detectors)
     # int32 indices: half the memory of int64 and at least as fast in the CSR kernels.
     matrix_t = _csr(crow_t.int(), col_t.int(), val_t, shape_t)
     # Store R as well (CSC of Rᵀ = CSR of R): a product with a transposed view is ~100x
@@ -202,7 +223,7 @@ def fourier_filter(
 
 
 def filter_sinogram(
-    sinogram: torch.Tensor, filter_name: str = "ramp", margin: int = 0
+    sinogram: torch.Tensor, filter_name: str = "ramp", margin: int = 0, circle: bool = False
 ) -> torch.Tensor:
     """Filter every projection along its last (detector) axis.
 
@@ -215,11 +236,13 @@ def filter_sinogram(
 
     Returns:
         ``(..., V, D + 2·margin)``, detector ``j`` at index ``j + margin``. The data are
-        zero-padded to ``max(64, 2^⌈log2(2·⌈√2·D⌉)⌉)`` samples, the length ``iradon`` uses,
-        so the circular convolution does not wrap onto the detector.
+        zero-padded to ``max(64, 2^⌈log2(2·L)⌉)`` samples with ``L = ⌈√2·D⌉`` for
+        ``circle=True`` and ``L = D`` otherwise, the lengths ``iradon`` uses, so the
+        circular convolution does not wrap onto the detector.
     """
     n_det = sinogram.shape[-1]
-    padded = max(64, 2 ** math.ceil(math.log2(2 * math.ceil(math.sqrt(2) * n_det))))
+    length = math.ceil(math.sqrt(2) * n_det) if circle else n_det
+    padded = max(64, 2 ** math.ceil(math.log2(2 * length)))
     response = fourier_filter(padded, filter_name, sinogram.dtype, sinogram.device)
     # Only the even part of a filter acts on real data (iradon keeps the real part of the
     # inverse FFT); the half-spectrum product below needs it explicitly.
@@ -232,15 +255,15 @@ def filter_sinogram(
 
 # -- the module ----------------------------------------------------------------------------
 class RadonTransform(nn.Module):
-    """Parallel-beam Radon transform of ``N x N`` images with ``N`` detector bins.
+    """Parallel-beam Radon transform of ``N x N`` images onto ``D`` detector bins.
 
-    ``forward`` / :meth:`project`: ``(B, C, N, N) -> (B, C, V, N)``; :meth:`backproject` is
-    its exact adjoint ``(B, C, V, N) -> (B, C, N, N)``; :meth:`fbp` the approximate inverse.
+    ``forward`` / :meth:`project`: ``(B, C, N, N) -> (B, C, V, D)``; :meth:`backproject` is
+    its exact adjoint ``(B, C, V, D) -> (B, C, N, N)``; :meth:`fbp` the approximate inverse.
     Works in float32 and float64 on any device: the matrix is stored as buffers
     (``crow``/``col`` int32, ``val`` in the module's float dtype) and wrapped as a CSR
     tensor on each call, so ``.to()`` / ``.double()`` behave as for any module. The
     buffers are not persistent: they follow from the geometry, and a 256², 60-view matrix
-    (6.8 M non-zeros) would otherwise bloat every ``state_dict``.
+    (9 M non-zeros) would otherwise bloat every ``state_dict``.
 
     Args:
         image_size: ``N``.
@@ -251,6 +274,9 @@ class RadonTransform(nn.Module):
             computed in float64; a float32 module that is later ``.double()``-ed keeps
             float32-rounded weights (still an exact matrix/adjoint pair, but it matches
             skimage only to ~1e-8), so pass ``dtype=torch.float64`` for full precision.
+        circle: ``False`` (default): ``D = ⌈√2·N⌉`` bins cover the whole image, as
+            ``radon(circle=False)``; ``True``: ``D = N`` and only the inscribed disc is
+            measured, as ``radon(circle=True)``.
     """
 
     def __init__(
@@ -259,15 +285,18 @@ class RadonTransform(nn.Module):
         angles: torch.Tensor | Sequence[float],
         angle_range: float = 180.0,
         dtype: torch.dtype | None = None,
+        circle: bool = False,
     ) -> None:
         super().__init__()
         self.image_size = int(image_size)
+        self.circle = bool(circle)
+        self.n_detectors = detector_count(self.image_size, self.circle)
         angles = torch.as_tensor(angles, dtype=torch.float64).reshape(-1)
         self.n_views = angles.numel()
         self.angle_range = float(angle_range)
         dtype = dtype or torch.get_default_dtype()
         crow, col, val, crow_t, col_t, val_t = _system_matrices(
-            self.image_size, tuple(angles.tolist())
+            self.image_size, tuple(angles.tolist()), self.n_detectors, self.circle
         )
         self.register_buffer("angles", angles.to(dtype))
         self.register_buffer("crow", crow, persistent=False)
@@ -284,17 +313,17 @@ class RadonTransform(nn.Module):
 
     def _matrices(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         # ``.to(dtype)`` is a no-op when the input matches the module's dtype.
-        n, rays = self.image_size, self.n_views * self.image_size
+        n, rays = self.image_size, self.n_views * self.n_detectors
         fwd = _csr(self.crow, self.col, self.val.to(dtype), (rays, n * n))
         bwd = _csr(self.crow_t, self.col_t, self.val_t.to(dtype), (n * n, rays))
         return fwd, bwd
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Sinogram ``R x``: ``(..., N, N) -> (..., V, N)`` (views, detectors)."""
+        """Sinogram ``R x``: ``(..., N, N) -> (..., V, D)`` (views, detectors)."""
         return self._project(x, *self._matrices(x.dtype))
 
     def backproject(self, sinogram: torch.Tensor) -> torch.Tensor:
-        """Exact adjoint ``Rᵀ y``: ``(..., V, N) -> (..., N, N)``."""
+        """Exact adjoint ``Rᵀ y``: ``(..., V, D) -> (..., N, N)``."""
         return self._backproject(sinogram, *self._matrices(sinogram.dtype))
 
     def linear_maps(self, dtype: torch.dtype) -> tuple[LinearMap, LinearMap]:
@@ -309,16 +338,24 @@ class RadonTransform(nn.Module):
             lambda y: self._backproject(y, fwd, bwd),
         )
 
+    def ray_lengths(self) -> torch.Tensor:
+        """``(V, D)`` row sums of ``R`` (float64): how much image each ray crosses; zero
+        for rays that miss the image."""
+        rows = torch.repeat_interleave(torch.diff(self.crow.long().cpu()))
+        sums = torch.zeros(self.n_views * self.n_detectors, dtype=torch.float64)
+        sums.index_add_(0, rows, self.val.detach().cpu().double())
+        return sums.view(self.n_views, self.n_detectors)
+
     def _project(self, x: torch.Tensor, fwd: torch.Tensor, bwd: torch.Tensor) -> torch.Tensor:
         n = self.image_size
         # (N², batch) column layout: CSR @ dense is the fast sparse kernel.
         cols = x.reshape(-1, n * n).t().contiguous()
         out = _SparseMatmul.apply(cols, fwd, bwd)
-        return out.t().reshape(*x.shape[:-2], self.n_views, n)
+        return out.t().reshape(*x.shape[:-2], self.n_views, self.n_detectors)
 
     def _backproject(self, y: torch.Tensor, fwd: torch.Tensor, bwd: torch.Tensor) -> torch.Tensor:
         n = self.image_size
-        cols = y.reshape(-1, self.n_views * n).t().contiguous()
+        cols = y.reshape(-1, self.n_views * self.n_detectors).t().contiguous()
         out = _SparseMatmul.apply(cols, bwd, fwd)
         return out.t().reshape(*y.shape[:-2], n, n)
 
@@ -326,13 +363,15 @@ class RadonTransform(nn.Module):
         return self.project(x)
 
     def fbp(self, sinogram: torch.Tensor, filter_name: str = "ramp") -> torch.Tensor:
-        """Filtered back-projection ``(..., V, N) -> (..., N, N)``, zero outside the disc.
+        """Filtered back-projection ``(..., V, D) -> (..., N, N)``.
 
         Pixel-driven: each pixel linearly interpolates every filtered projection at its
         detector coordinate ``s = (k-c) cos θ - (r-c) sin θ`` (the same discretisation as
         ``iradon``), which aliases less than reusing the exact adjoint :meth:`backproject`.
         """
-        return fbp(sinogram, self.angles, filter_name, self.angle_range)
+        return fbp(
+            sinogram, self.angles, filter_name, self.angle_range, self.image_size, self.circle
+        )
 
 
 def fbp(
@@ -340,38 +379,51 @@ def fbp(
     angles: torch.Tensor,
     filter_name: str = "ramp",
     angle_range: float = 180.0,
+    image_size: int | None = None,
+    circle: bool = False,
 ) -> torch.Tensor:
-    """Filtered back-projection of ``(..., V, N)`` sinograms to ``(..., N, N)`` images.
+    """Filtered back-projection of ``(..., V, D)`` sinograms to ``(..., N, N)`` images.
 
     ``x(r, k) ≈ Δθ/2 · Σ_v q_v((k-c) cos θ_v - (r-c) sin θ_v)`` with ``q_v`` the filtered
     projections (the factor 2 in :func:`fourier_filter` makes ``Δθ/2`` the right scale),
-    ``Δθ = angle_range / V``; pixels outside the inscribed disc are set to zero.
+    ``Δθ = angle_range / V``, detector centre ``D // 2``. ``image_size`` defaults to ``D``
+    for ``circle=True`` and to ``⌊D/√2⌋`` (``iradon``'s choice) otherwise. With
+    ``circle=True`` pixels outside the inscribed disc are set to zero; otherwise filtered
+    projections are zero beyond the detector (``iradon``'s ``np.interp(left=0, right=0)``).
     Differentiable with respect to ``sinogram``.
     """
-    n_views, n = sinogram.shape[-2], sinogram.shape[-1]
+    n_views, n_det = sinogram.shape[-2], sinogram.shape[-1]
     if angles.numel() != n_views:
         raise ValueError(f"sinogram has {n_views} views but {angles.numel()} angles were given")
+    if image_size is None:
+        image_size = n_det if circle else int(math.floor(math.sqrt(n_det**2 / 2.0)))
+    n, c, d = int(image_size), int(image_size) // 2, n_det // 2
     lead = sinogram.shape[:-2]
-    c = n // 2
-    filtered = filter_sinogram(sinogram, filter_name, margin=1).reshape(-1, n_views, n + 2)
+    filtered = filter_sinogram(sinogram, filter_name, margin=1, circle=circle)
+    filtered = filtered.reshape(-1, n_views, n_det + 2)
     offsets = torch.arange(n, dtype=sinogram.dtype, device=sinogram.device) - c
     theta = angles.to(dtype=sinogram.dtype, device=sinogram.device).view(-1, 1, 1)
     # Detector coordinate (as an index into ``filtered``) of pixel (r, k) per view: (V, N, N).
-    # Pixels in the disc have |s| <= c, so pos stays in [0, N + 1]; the clamp only touches
-    # pixels outside the disc (zeroed below) or zero-weight neighbours.
+    # Measured pixels have |s| <= d, so pos stays in [0, D + 1]; the clamp only touches
+    # unmeasured pixels (zero weight) or zero-weight neighbours.
     pos = (
         1
-        + c
+        + d
         + offsets.view(1, 1, -1) * torch.cos(theta)
         - offsets.view(1, -1, 1) * torch.sin(theta)
     ).reshape(n_views, -1)
     lo = pos.floor()
     frac = pos - lo
+    weights = (1 - frac, frac)
+    if not circle:  # zero beyond the detector, as iradon's np.interp(left=0, right=0)
+        inside = (pos >= 1) & (pos <= n_det)
+        weights = tuple(w * inside for w in weights)
     lo = lo.long()
     total = torch.zeros(filtered.shape[0], n * n, dtype=sinogram.dtype, device=sinogram.device)
-    for index, weight in ((lo, 1 - frac), (lo + 1, frac)):
-        idx = index.clamp(0, n + 1).unsqueeze(0).expand(filtered.shape[0], -1, -1)
+    for index, weight in zip((lo, lo + 1), weights, strict=True):
+        idx = index.clamp(0, n_det + 1).unsqueeze(0).expand(filtered.shape[0], -1, -1)
         total = total + (torch.gather(filtered, 2, idx) * weight).sum(1)
-    disc = (offsets.view(-1, 1) ** 2 + offsets.view(1, -1) ** 2) <= c * c
-    image = total.reshape(-1, n, n) * disc * (math.radians(angle_range) / (2 * n_views))
+    image = total.reshape(-1, n, n) * (math.radians(angle_range) / (2 * n_views))
+    if circle:
+        image = image * ((offsets.view(-1, 1) ** 2 + offsets.view(1, -1) ** 2) <= c * c)
     return image.reshape(*lead, n, n)

@@ -1,11 +1,25 @@
 """Sparse-view parallel-beam CT: ``y = R_Θ x``, the Radon transform at a few angles.
 
-``A`` samples ``n_views`` projections equally spaced over ``[0°, angle_range)`` with one
-detector bin per image column (skimage's ``radon(..., circle=True)`` convention: pixels
-outside the inscribed disc are not measured). ``A`` has far fewer rows than columns and no
-closed-form pseudo-inverse, so ``A_pinv`` solves the normal equations by conjugate
-gradients (:func:`pinv_by_cg`), and :meth:`SparseViewCT.fbp` offers the fast but
-approximate filtered back-projection.
+``A`` samples ``n_views`` projections equally spaced over ``[0°, angle_range)``. By
+default the detector has ``⌈√2·N⌉`` bins and covers the whole image (skimage's
+``radon(..., circle=False)``); ``circle=True`` keeps ``N`` bins and measures only the
+inscribed disc (``circle=True``). ``A`` has far fewer rows than columns, is rank deficient
+(``A Aᵀ`` has exact null vectors, e.g. the difference of the 0° and 90° view sums) and
+is ill conditioned on its range (κ(A Aᵀ) of 1e8-1e9 already at 32²-48²), so no
+preconditioner we tried (ramp filter, Jacobi) makes CG converge in a few iterations.
+``A_pinv`` therefore has two exact solvers:
+
+* ``"direct"``: the dense numerical pseudo-inverse of ``A`` restricted to the rays that
+  meet the image (:func:`truncated_pinv`, SVD with numerical rank ``σ > rcond·σ_max``,
+  :data:`DIRECT_RCOND`), cached per device and weight dtype. Exact to rounding for every
+  ``y`` (also outside the range) and linear, so autograd differentiates it exactly.
+* ``"cg"``: CG on ``AᵀA x = Aᵀ y`` in float64 (:class:`CGPseudoInverse`), warm-started
+  from the filtered back-projection ``Aᵀ (Δθ/2 · ramp * y)`` (in the range of ``Aᵀ``, so
+  the minimum-norm solution is kept), with the implicit CG backward.
+
+``pinv="auto"`` (default) picks ``"direct"`` when the dense matrix has at most
+:data:`DIRECT_MAX_ENTRIES` entries (an SVD of seconds) and ``"cg"`` otherwise.
+:meth:`SparseViewCT.fbp` offers the fast but approximate filtered back-projection.
 
 Backends: ``"torch"`` is the pure-torch sparse-matrix transform of :mod:`.radon` (CPU and
 GPU, float32/float64, exact adjoint). ``"torch_radon"`` uses the optional CUDA extension
@@ -17,13 +31,14 @@ with, ours, so sinograms from the two backends differ slightly.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from .base import Operator, check_image_size
-from .conjugate_gradient import pinv_by_cg
-from .radon import FILTERS, RadonTransform, parallel_beam_angles
+from .conjugate_gradient import CGPseudoInverse, LinearMap, pinv_by_cg
+from .radon import FILTERS, RadonTransform, filter_sinogram, parallel_beam_angles
 from .registry import register_operator
 
 try:  # optional CUDA extension; absent on CPU-only installs
@@ -34,13 +49,17 @@ except ImportError:  # pragma: no cover - depends on the environment
 GEOMETRIES = ("parallel",)
 BACKENDS = ("auto", "torch", "torch_radon")
 
-# CG defaults for A_pinv. Measured at 256², 60 views (Shepp–Logan, a real CT slice and
-# uniform noise, float64 CG): the relative normal-equation residual ‖AᵀA x - Aᵀy‖/‖Aᵀy‖
-# reaches 1e-3 in 10-14 iterations, 1e-5 in 35-75 and 1e-6 in 113-263. 1e-5 leaves
-# ‖A x - y‖/‖y‖ ≈ 2e-4 at a bounded cost (one A and one Aᵀ per iteration); the cap stops
-# a slowly converging sample.
-DEFAULT_CG_TOL = 1e-5
-DEFAULT_CG_MAX_ITER = 200
+PINV_SOLVERS = ("auto", "direct", "cg")
+#: ``pinv="auto"`` uses the dense pseudo-inverse up to this many entries (rays meeting
+#: the image x pixels): 4 M is an SVD of a few seconds and 32 MB in float64.
+DIRECT_MAX_ENTRIES = 4_000_000
+#: Numerical rank of the dense pseudo-inverse, per dtype of the stored weights: the
+#: data's precision sets how small a singular value can be resolved.
+DIRECT_RCOND = {torch.float64: 1e-6, torch.float32: 1e-4}
+# CG settings of the "cg" solver (large geometries): run towards convergence; the cap
+# bounds the cost of a slowly converging sample (see benchmarks/results/operators.md).
+DEFAULT_CG_TOL = 1e-10
+DEFAULT_CG_MAX_ITER = 500
 
 
 def torch_radon_available() -> bool:
@@ -52,15 +71,15 @@ class _TorchRadonBackend:
     """Thin adapter to torch-radon (UNTESTED here: the extension needs CUDA to build).
 
     Supports the v1 API ``Radon(resolution, angles, det_count)`` and the v2 API
-    ``ParallelBeam(det_count, angles)``; both map ``(..., N, N) <-> (..., V, N)``.
+    ``ParallelBeam(det_count, angles)``; both map ``(..., N, N) <-> (..., V, D)``.
     """
 
-    def __init__(self, image_size: int, angles: torch.Tensor) -> None:
+    def __init__(self, image_size: int, angles: torch.Tensor, n_detectors: int) -> None:
         angles = angles.detach().cpu().double().numpy()
         if hasattr(_torch_radon, "ParallelBeam"):
-            self.projector = _torch_radon.ParallelBeam(image_size, angles)
+            self.projector = _torch_radon.ParallelBeam(n_detectors, angles)
         else:
-            self.projector = _torch_radon.Radon(image_size, angles, det_count=image_size)
+            self.projector = _torch_radon.Radon(image_size, angles, det_count=n_detectors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector.forward(x.contiguous())
@@ -69,17 +88,31 @@ class _TorchRadonBackend:
         return self.projector.backprojection(y.contiguous())
 
 
+def truncated_pinv(matrix: torch.Tensor, rcond: float) -> torch.Tensor:
+    """Numerical pseudo-inverse ``V_k Σ_k⁻¹ U_kᵀ`` ``(n, m)`` of a dense ``(m, n)`` matrix.
+
+    ``M = U Σ Vᵀ`` by SVD; singular values below ``rcond·σ_max`` count as zero (the
+    numerical rank). Applying this matrix directly (rather than ``Mᵀ (M Mᵀ)⁺``) keeps the
+    rounding error at ``ε·κ`` with ``κ ≤ 1/rcond``: sparse-view CT matrices have
+    singular values down to 1e-9·σ_max, which the squared form cannot resolve.
+    """
+    u, sigma, vh = torch.linalg.svd(matrix, full_matrices=False)
+    keep = sigma > rcond * sigma[0]
+    return (vh[keep].T / sigma[keep]) @ u[:, keep].T
+
+
 @register_operator
-class SparseViewCT(Operator):
+class SparseViewCT(CGPseudoInverse, Operator):
     """Sparse-view parallel-beam CT operator.
 
-    Shapes: image ``(B, 1, N, N)``, measurement ``(B, 1, n_views, N)`` (views, detectors).
+    Shapes: image ``(B, 1, N, N)``, measurement ``(B, 1, n_views, D)`` (views, detectors)
+    with ``D = ⌈√2·N⌉`` (``circle=False``, default) or ``D = N`` (``circle=True``).
 
     ``A x = R_Θ x`` (line integrals with unit step, bilinear interpolation);
-    ``At`` the exact adjoint ``R_Θᵀ`` (back-projection); ``A_pinv y`` the minimum-norm
-    least-squares solution of ``R_Θᵀ R_Θ x = R_Θᵀ y`` by CG to relative residual
-    ``cg_tol`` (or ``cg_max_iter`` iterations); ``AtA`` therefore projects onto the row
-    space up to that accuracy. Pixels outside the inscribed disc are in the null space.
+    ``At`` the exact adjoint ``R_Θᵀ`` (back-projection); ``A_pinv y = R_Θ⁺ y`` the
+    minimum-norm least-squares solution, by the solver ``pinv`` (module docstring);
+    ``AtA`` projects onto the row space. With ``circle=True`` pixels outside the inscribed
+    disc are in the null space.
 
     Args:
         image_size: ``N`` or ``(N, N)``; images must be square.
@@ -87,15 +120,11 @@ class SparseViewCT(Operator):
         geometry: only ``"parallel"``.
         backend: ``"auto"``, ``"torch"`` or ``"torch_radon"`` (see the module docstring).
         angle_range: span of the equally spaced views in degrees, in ``(0, 360]``.
+        circle: measure only the inscribed disc with ``N`` detector bins.
+        pinv: ``"auto"``, ``"direct"`` or ``"cg"``.
         cg_tol: relative normal-equation residual ``‖AᵀA x - Aᵀy‖ / ‖Aᵀy‖`` at which CG
-            stops.
-        cg_max_iter: CG iteration cap.
-
-    Accuracy of ``A_pinv``: CG runs in float64 whatever the input dtype. The data residual
-    ``‖A A† y - y‖`` converges fast, the image-space error does not: on its row space ``A``
-    has condition numbers of 1e3-1e4 even at 32² with 8-16 views, so with the default
-    tolerance ``AtA`` is idempotent/symmetric only to about 1e-2. A tight ``cg_tol``
-    (1e-12) with enough iterations (about 2,000 at 32², 12 views) reaches 1e-9.
+            stops (``"cg"`` only).
+        cg_max_iter: CG iteration cap (``"cg"`` only).
     """
 
     name = "ct"
@@ -107,6 +136,8 @@ class SparseViewCT(Operator):
         geometry: str = "parallel",
         backend: str = "auto",
         angle_range: float = 180.0,
+        circle: bool = False,
+        pinv: str = "auto",
         cg_tol: float = DEFAULT_CG_TOL,
         cg_max_iter: int = DEFAULT_CG_MAX_ITER,
     ) -> None:
@@ -127,25 +158,31 @@ class SparseViewCT(Operator):
             )
         if not 0.0 < float(angle_range) <= 360.0:
             raise ValueError(f"angle_range must lie in (0, 360] degrees, got {angle_range!r}")
-        if not float(cg_tol) > 0.0:
-            raise ValueError(f"cg_tol must be positive, got {cg_tol!r}")
-        if int(cg_max_iter) != cg_max_iter or cg_max_iter < 1:
-            raise ValueError(f"cg_max_iter must be a positive integer, got {cg_max_iter!r}")
+        if pinv not in PINV_SOLVERS:
+            raise ValueError(f"pinv must be one of {PINV_SOLVERS}, got {pinv!r}")
+        cg_config = self._init_cg(cg_tol, cg_max_iter)
 
         n, n_views = int(height), int(n_views)
+        angles = parallel_beam_angles(n_views, float(angle_range))
+        self.radon = RadonTransform(n, angles, angle_range=float(angle_range), circle=circle)
         self._config: dict[str, Any] = {
             "image_size": n,
             "n_views": n_views,
             "geometry": geometry,
             "backend": backend,
             "angle_range": float(angle_range),
-            "cg_tol": float(cg_tol),
-            "cg_max_iter": int(cg_max_iter),
+            "circle": bool(circle),
+            "pinv": pinv,
+            **cg_config,
         }
         self.image_shape = (1, n, n)
-        self.measurement_shape = (1, n_views, n)
-        angles = parallel_beam_angles(n_views, float(angle_range))
-        self.radon = RadonTransform(n, angles, angle_range=float(angle_range))
+        self.measurement_shape = (1, n_views, self.radon.n_detectors)
+        live = self.radon.ray_lengths().flatten() > 0
+        self.register_buffer("live_rays", live.nonzero().squeeze(1), persistent=False)
+        if pinv == "auto":
+            pinv = "direct" if self.live_rays.numel() * n * n <= DIRECT_MAX_ENTRIES else "cg"
+        self.solver = pinv
+        self._dense_pinv: dict[tuple, torch.Tensor] = {}
         self._torch_radon: _TorchRadonBackend | None = None
 
     @property
@@ -169,7 +206,9 @@ class SparseViewCT(Operator):
 
     def _external(self) -> _TorchRadonBackend:
         if self._torch_radon is None:
-            self._torch_radon = _TorchRadonBackend(self._config["image_size"], self.angles)
+            self._torch_radon = _TorchRadonBackend(
+                self._config["image_size"], self.angles, self.radon.n_detectors
+            )
         return self._torch_radon
 
     # -- contract --------------------------------------------------------------------
@@ -184,18 +223,40 @@ class SparseViewCT(Operator):
         return self.radon.backproject(y)
 
     def _A_pinv(self, y: torch.Tensor) -> torch.Tensor:
-        tol, max_iter = self._config["cg_tol"], self._config["cg_max_iter"]
         if self._uses_torch_radon(y):  # pragma: no cover - needs CUDA + torch_radon
-            return pinv_by_cg(y, self._A, self._At, tol, max_iter)
-        # CG always runs in float64: cond(AᵀA) on the row space is 1e5-1e8 even at 32², so
-        # float32 CG stalls near a 1e-6 residual and, iterated past that, diverged in our
-        # tests. The weights are cast once per solve; the result returns in y's dtype.
-        project, backproject = self.radon.linear_maps(torch.float64)
-        x = pinv_by_cg(y.to(torch.float64), project, backproject, tol, max_iter)
-        return x.to(y.dtype)
+            return pinv_by_cg(y, self._A, self._At, self.cg_tol, self.cg_max_iter)
+        if self.solver == "direct":
+            return self._direct_pinv(y)
+        return self._cg_pinv(y)
+
+    # -- the exact solvers -----------------------------------------------------------
+    def _direct_pinv(self, y: torch.Tensor) -> torch.Tensor:
+        """``A⁺ y`` with the dense numerical pseudo-inverse over the rays that meet the
+        image, applied in float64 (linear, so autograd gives ``(A⁺)ᵀ`` exactly)."""
+        weights = self.radon.val
+        key = (weights.device, weights.dtype)
+        if key not in self._dense_pinv:
+            # From the weights as stored (float32-rounded in a float32 operator), so the
+            # identities hold for the matrix A actually applies.
+            fwd, _ = self.radon._matrices(torch.float64)
+            dense = fwd.to_dense()[self.live_rays]
+            rcond = DIRECT_RCOND.get(weights.dtype, DIRECT_RCOND[torch.float32])
+            self._dense_pinv = {key: truncated_pinv(dense, rcond)}  # one device at a time
+        pinv = self._dense_pinv[key]
+        flat = y.to(torch.float64).reshape(y.shape[0], -1)[:, self.live_rays]
+        return (flat @ pinv.T).view(y.shape[0], *self.image_shape).to(y.dtype)
+
+    def _cg_maps(self, dtype: torch.dtype) -> tuple[LinearMap, LinearMap]:
+        return self.radon.linear_maps(dtype)
+
+    def _cg_warm_start(self, y: torch.Tensor, A: LinearMap, At: LinearMap) -> torch.Tensor:
+        """``Aᵀ (Δθ/2 · ramp * y)``: the FBP written with the exact adjoint, so it lies in
+        the range of ``Aᵀ`` and CG keeps the minimum-norm solution."""
+        scale = math.radians(self._config["angle_range"]) / (2 * self._config["n_views"])
+        return At(scale * filter_sinogram(y, "ramp", circle=self._config["circle"]))
 
     def fbp(self, y: torch.Tensor, filter_name: str = "ramp") -> torch.Tensor:
-        """Filtered back-projection, a fast approximate inverse: ``(B, 1, V, N) -> (B, 1, N, N)``.
+        """Filtered back-projection, a fast approximate inverse: ``(B, 1, V, D) -> (B, 1, N, N)``.
 
         Accurate only with many views (it assumes dense angular sampling); with sparse
         views it shows streaks, which is what the learned reconstruction removes.
