@@ -36,9 +36,10 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("suite", choices=list(SUITES), help="which suite to run")
-    args, rest = parser.parse_known_args(argv)
+    if not argv or argv[0] not in SUITES:
+        parser.parse_args(argv)  # prints the help or the error and exits
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    run(args.suite, rest)
+    run(argv[0], argv[1:])  # the suite parses its own options (and its own --help)
 
 
 if __name__ == "__main__":
