@@ -121,3 +121,16 @@ def test_tune_and_mri_suite_tiny(tmp_path) -> None:
     rows = {r["method"]: r for r in payload["rows"]}
     assert rows["tv"]["params"]["lam"] == tv["best"]["lam"]
     assert 0 < rows["pinv"]["nmse"] and rows["tv"]["nmse"] < rows["pinv"]["nmse"]
+
+
+def test_bench_cli_runs_a_suite_and_rejects_unknown_ones(tmp_path) -> None:
+    from idm_med import cli
+
+    out = tmp_path / "operators.md"
+    argv = ["--sizes", "16", "--batches", "1", "--min-run-time", "0.01", "--output", str(out)]
+    with pytest.raises(SystemExit) as done:
+        cli.main(["bench", "operators", *argv])
+    assert done.value.code == 0 and "| ct | 16² | 1 |" in out.read_text()
+    with pytest.raises(SystemExit) as done:
+        cli.main(["bench", "nope"])
+    assert done.value.code == 2
