@@ -127,10 +127,10 @@ def test_bench_cli_runs_a_suite_and_rejects_unknown_ones(tmp_path) -> None:
     from idm_med import cli
 
     out = tmp_path / "operators.md"
-    argv = ["--sizes", "16", "--batches", "1", "--min-run-time", "0.01", "--output", str(out)]
+    argv = ["--sizes", "32", "--batches", "1", "--min-run-time", "0.01", "--output", str(out)]
     with pytest.raises(SystemExit) as done:
         cli.main(["bench", "operators", *argv])
-    assert done.value.code == 0 and "| ct | 16² | 1 |" in out.read_text()
+    assert done.value.code == 0 and "| ct | 32² | 1 |" in out.read_text()
     with pytest.raises(SystemExit) as done:
         cli.main(["bench", "nope"])
     assert done.value.code == 2
