@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import Operator, check_image_size, check_ratio
+from .base import ScaledAdjointOperator, check_image_size, check_ratio
 from .registry import register_operator
 
 
@@ -21,8 +21,14 @@ def orthonormal_sensing_matrix(n: int, q: int, seed: int) -> torch.Tensor:
     return u[:, :q].contiguous()
 
 
+def random_permutation(n: int, seed: int) -> torch.Tensor:
+    """The seeded pixel permutation of block CS, ``(n,)`` int64 (CPU generator, so every
+    machine draws the same one)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+
+
 @register_operator
-class GaussianCS(Operator):
+class GaussianCS(ScaledAdjointOperator):
     """Block compressed sensing ``y_b = Φᵀ x_b`` on every ``block_size²`` block ``x_b``.
 
     ``Φ`` (``block_size² × q``, ``q = ceil(ratio · block_size²)``) has orthonormal columns,
@@ -33,6 +39,11 @@ class GaussianCS(Operator):
 
     Shapes: image ``(B, C, H, W)`` → measurement ``(B, C, n_blocks, q)`` with
     ``n_blocks = H·W / block_size²``.
+
+    Parameters: ``Φ`` is fixed by ``seed`` (an SVD, built once); the permutation is drawn
+    from ``perm_seed`` (default ``seed + 1``) and replaced per step with
+    ``update(perm_seed=...)`` or ``update(perm=...)`` (explicit permutations travel in the
+    ``state_dict``; ``config["explicit_perm"]`` says so).
     """
 
     name = "gaussian_cs"
@@ -45,6 +56,8 @@ class GaussianCS(Operator):
         seed: int = 0,
         permute: bool = False,
         channels: int = 1,
+        perm_seed: int | None = None,
+        explicit_perm: bool = False,
     ) -> None:
         super().__init__()
         h, w = check_image_size(image_size)
@@ -58,12 +71,12 @@ class GaussianCS(Operator):
         n = block_size * block_size
         q = math.ceil(ratio * n)
         self._config = dict(
-            image_size=(h, w),
+            image_size=[h, w],
             ratio=ratio,
-            block_size=block_size,
-            seed=seed,
-            permute=permute,
-            channels=channels,
+            block_size=int(block_size),
+            seed=int(seed),
+            permute=bool(permute),
+            channels=int(channels),
         )
         self.block_size = block_size
         self.image_shape = (channels, h, w)
@@ -72,12 +85,43 @@ class GaussianCS(Operator):
         self._phi64 = orthonormal_sensing_matrix(n, q, seed)  # exact master copy (CPU)
         self.register_buffer("phi", self._phi64.float())
         if permute:
-            gen = torch.Generator().manual_seed(seed + 1)
-            perm = torch.randperm(h * w, generator=gen)
-            self.register_buffer("perm", perm)
-            self.register_buffer("inv_perm", torch.argsort(perm))
+            self._config.update(perm_seed=None, explicit_perm=False)
+            self.register_buffer("perm", torch.arange(h * w))
+            self.register_buffer("inv_perm", torch.arange(h * w))
+            if explicit_perm:
+                self._config["explicit_perm"] = True
+                self._missing.add("perm")
+            else:
+                self.update(perm_seed=seed + 1 if perm_seed is None else perm_seed)
         else:
             self.perm = self.inv_perm = None
+
+    def update(self, perm: torch.Tensor | None = None, perm_seed: int | None = None) -> GaussianCS:
+        """Replace the pixel permutation (``permute=True`` only): an explicit ``(H·W,)``
+        ``perm`` or a new ``perm_seed``; returns ``self``."""
+        if perm is None and perm_seed is None:
+            return self
+        if self.perm is None:
+            raise ValueError("update(perm=...) needs an operator built with permute=True")
+        if perm is not None and perm_seed is not None:
+            raise ValueError("give perm or perm_seed, not both")
+        n = self.perm.numel()
+        if perm is not None:
+            perm = torch.as_tensor(perm).detach().long().cpu()
+            if tuple(perm.shape) != (n,) or not torch.equal(perm.sort().values, torch.arange(n)):
+                raise ValueError(f"perm must be a permutation of range({n})")
+            self._config.update(explicit_perm=True)
+        else:
+            perm = random_permutation(n, perm_seed)
+            self._config.update(perm_seed=int(perm_seed), explicit_perm=False)
+        self.perm = perm.to(self.perm.device)
+        self.inv_perm = torch.argsort(self.perm)
+        self._missing.discard("perm")
+        return self
+
+    def resample(self, seed: int) -> GaussianCS:
+        """A new pixel permutation from ``seed`` (``permute=True``; ``Φ`` is kept)."""
+        return self if self.perm is None else self.update(perm_seed=seed)
 
     def _apply(self, fn, *args, **kwargs):
         # Casting the float32 buffer to float64 would keep float32's rounding (columns
@@ -111,7 +155,3 @@ class GaussianCS(Operator):
 
     def _At(self, y: torch.Tensor) -> torch.Tensor:
         return self._from_blocks(y @ self.phi.to(y.dtype).T)
-
-    def _A_pinv(self, y: torch.Tensor) -> torch.Tensor:
-        # Orthonormal rows: the pseudo-inverse is the adjoint.
-        return self._At(y)

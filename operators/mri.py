@@ -10,14 +10,15 @@ column mask for every row; see :mod:`idm_med.operators.mri_masks`).
   in closed form, ``A†A = Fᴴ M F``.
 * multi-coil SENSE with sensitivities ``S_c``: ``A x = (M F (S_c ⊙ x))_c``, measured as
   ``(B, Ncoil, 2, H, W)``. ``Aᴴ y = Σ_c conj(S_c) ⊙ Fᴴ M y_c``. ``A†`` has no closed form
-  under undersampling: it is the minimum-norm solution of ``AᴴA x = Aᴴ y`` by conjugate
-  gradients (relative residual ``cg_tol``), differentiated implicitly.
+  under undersampling, but the problem separates into one small least-squares problem
+  per image row, solved exactly by a cached batched SVD (:mod:`idm_med.operators.sense`)
+  with the relative cutoff ``pinv_rtol``.
 
-Conditioning (measured, see tests/test_mri.py): SENSE with smooth coil maps and a random
-acceleration-4 mask has nonzero singular values down to ~1e-6 σ_max, so CG stops at
-``cg_max_iter`` with ``‖A A† y − y‖ ≈ 1e-3 ‖y‖`` and ``A†A`` idempotent only to a few
-percent; identities hold to ``≈ κ(AᴴA) · cg_tol`` when the problem is well conditioned
-(e.g. equispaced acceleration 2).
+Parameters apart from the structure: the column mask (seeded by ``seed`` through the
+:class:`~idm_med.operators.mri_masks.MaskFunc` of ``mask_type``, or explicit) and the coil
+maps. :meth:`MRI.update` replaces them in place; explicit ones travel in the
+``state_dict`` (``config`` says ``explicit_mask`` / ``num_coils``) while generated masks
+are rebuilt from the seed.
 
 As a real-linear map on the ``(real, imag)`` layout, the complex adjoint ``Aᴴ`` is exactly
 the real transpose, because ``Re⟨A x, y⟩ = Re⟨x, Aᴴ y⟩``; so ``At`` passes the real
@@ -31,17 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Operator, check_image_size
-from .conjugate_gradient import pinv_by_cg
-from .mri_masks import (
-    MASK_TYPES,
-    MaskSeed,
-    check_acceleration,
-    check_center_fraction,
-    check_seed,
-    column_mask,
-)
+from .base import ScaledAdjointOperator, check_image_size
+from .mri_masks import MaskSeed, check_seed, mask_func
 from .registry import register_operator
+from .sense import apply_sense_pinv, sense_pinv_factor
 
 _FFT_DIMS = (-2, -1)
 
@@ -107,9 +101,16 @@ def _check_coil_maps(coil_maps: Any, height: int, width: int) -> torch.Tensor:
     return maps.clone()
 
 
+_UNSET = object()
+
+
 @register_operator
-class MRI(Operator):
+class MRI(ScaledAdjointOperator):
     """Undersampled Fourier operator, ``A x = M F x`` (single coil) or SENSE ``M F S_c x``.
+
+    Single coil is a partial isometry (``A Aᴴ = M``): ``A† = Aᴴ`` in closed form (the
+    :class:`~idm_med.operators.base.ScaledAdjointOperator` tier). SENSE overrides ``A†``
+    with the exact separable solve of :mod:`idm_med.operators.sense`.
 
     Args:
         image_size: ``H`` or ``(H, W)``; images are ``(B, 2, H, W)`` (real, imag).
@@ -121,16 +122,21 @@ class MRI(Operator):
         coil_maps: optional sensitivities, complex ``(Ncoil, H, W)`` or real
             ``(Ncoil, 2, H, W)``. ``None`` means single coil. Maps normalised so that
             ``Σ_c |S_c|² = 1`` make ``AᴴA = I`` at full sampling.
-        mask: optional column mask ``(W,)`` (bool or 0/1) overriding the generated one;
-            ``acceleration``, ``center_fraction``, ``mask_type`` and ``seed`` are then only
-            validated and recorded.
-        cg_tol: relative residual of the CG pseudo-inverse (multi-coil only).
-        cg_max_iter: CG iteration cap (multi-coil only).
+        mask: optional column mask ``(W,)`` (bool or 0/1) overriding the generated one.
+        num_coils: coil count of an operator whose maps come later (from ``update`` or
+            ``load_state_dict``; it cannot be used before); ignored when ``coil_maps`` is
+            given.
+        explicit_mask: the mask comes later from ``update(mask=...)`` or
+            ``load_state_dict`` (set in ``config`` when the mask was explicit).
+        pinv_rtol: SENSE singular values below ``pinv_rtol · σ_max`` are dropped from
+            ``A†`` (it bounds the noise amplification by ``1 / pinv_rtol``).
+        cg_tol, cg_max_iter: accepted so that configs written before the exact SENSE
+            solve still load; unused.
 
     Measurements: zero-filled k-space, ``(B, 2, H, W)`` single coil or
-    ``(B, Ncoil, 2, H, W)`` multi-coil. Computation runs in the input's precision
+    ``(B, Ncoil, 2, H, W)`` multi-coil. ``A`` / ``Aᴴ`` run in the input's precision
     (float32 → complex64, float64 → complex128; half precision is upcast to float32 and
-    the result cast back).
+    the result cast back); the SENSE ``A†`` runs in complex128 and casts back.
     """
 
     name = "mri"
@@ -144,54 +150,107 @@ class MRI(Operator):
         seed: MaskSeed = 0,
         coil_maps: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
-        cg_tol: float = 1e-6,
-        cg_max_iter: int = 200,
+        num_coils: int | None = None,
+        explicit_mask: bool = False,
+        pinv_rtol: float = 1e-6,
+        cg_tol: float | None = None,
+        cg_max_iter: int | None = None,
     ) -> None:
         super().__init__()
         height, width = check_image_size(image_size)
-        acceleration = check_acceleration(acceleration)
-        center_fraction = check_center_fraction(center_fraction)
-        if mask_type not in MASK_TYPES:
-            raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
-        seed = check_seed(seed)
-        if not 0.0 < float(cg_tol) < 1.0:
-            raise ValueError(f"cg_tol must lie in (0, 1), got {cg_tol!r}")
-        if isinstance(cg_max_iter, bool) or int(cg_max_iter) != cg_max_iter or cg_max_iter < 1:
-            raise ValueError(f"cg_max_iter must be a positive int, got {cg_max_iter!r}")
-        self.cg_tol = float(cg_tol)
-        self.cg_max_iter = int(cg_max_iter)
-
-        self._explicit_mask = mask is not None
-        if mask is None:
-            mask = column_mask(mask_type, width, acceleration, center_fraction, seed)
-        else:
-            mask = _check_mask(mask, width)
-        self.register_buffer("mask", mask)
-
-        if coil_maps is None:
-            self.register_buffer("coil_maps", None)
-            self.num_coils = 1
-            self.measurement_shape = (2, height, width)
-        else:
-            maps = _check_coil_maps(coil_maps, height, width)
-            self.register_buffer("coil_maps", maps)
-            self.num_coils = int(maps.shape[0])
-            self.measurement_shape = (self.num_coils, 2, height, width)
+        self.mask_func = mask_func(mask_type, center_fraction, acceleration)
+        if not 0.0 < float(pinv_rtol) < 1.0:
+            raise ValueError(f"pinv_rtol must lie in (0, 1), got {pinv_rtol!r}")
         self.image_shape = (2, height, width)
         self._config = {
-            "image_size": (height, width),
-            "acceleration": acceleration,
-            "center_fraction": center_fraction,
+            "image_size": [height, width],
+            "acceleration": self.mask_func.acceleration,
+            "center_fraction": self.mask_func.center_fraction,
             "mask_type": mask_type,
-            "seed": seed,
-            "cg_tol": self.cg_tol,
-            "cg_max_iter": self.cg_max_iter,
+            "seed": 0,
+            "num_coils": None,
+            "explicit_mask": False,
+            "pinv_rtol": float(pinv_rtol),
         }
+        self._factor: torch.Tensor | None = None
+        self.register_buffer("mask", torch.zeros(width, dtype=torch.bool))
+        self.register_buffer("coil_maps", None)
+        if coil_maps is None and num_coils is not None:
+            if isinstance(num_coils, bool) or int(num_coils) != num_coils or num_coils < 1:
+                raise ValueError(f"num_coils must be a positive int, got {num_coils!r}")
+            self.update(coil_maps=torch.zeros(int(num_coils), 2, height, width))
+            self._missing.add("coil_maps")
+        else:
+            self.update(coil_maps=coil_maps)
+        if mask is not None:
+            self.update(mask=mask)
+        else:
+            self.update(seed=seed)
+            if explicit_mask:
+                self._config["explicit_mask"] = True
+                self._missing.add("mask")
+
+    # -- parameters ------------------------------------------------------------------
+    def update(
+        self, mask: Any = None, coil_maps: Any = _UNSET, seed: MaskSeed | None = None
+    ) -> MRI:
+        """Replace parameters in place; returns ``self``.
+
+        Args:
+            mask: explicit column mask ``(W,)`` (bool or 0/1).
+            coil_maps: new sensitivities (layouts as in the constructor) or ``None`` for
+                single coil; the coil count, and so ``measurement_shape``, may change.
+            seed: draw the mask from this seed with the operator's mask function.
+        """
+        if mask is not None and seed is not None:
+            raise ValueError("give mask or seed, not both")
+        _, height, width = self.image_shape
+        if seed is not None:
+            seed = check_seed(seed)
+            self.mask = self.mask_func(width, seed).to(self.mask.device)
+            self._config.update(seed=list(seed) if isinstance(seed, tuple) else seed)
+            self._config["explicit_mask"] = False
+            self._missing.discard("mask")
+        if mask is not None:
+            self.mask = _check_mask(mask, width).to(self.mask.device)
+            self._config["explicit_mask"] = True
+            self._missing.discard("mask")
+        if coil_maps is not _UNSET:
+            self._set_coil_maps(coil_maps, height, width)
+        self._factor = None
+        return self
+
+    def resample(self, seed: int) -> MRI:
+        """A new mask from ``seed`` (coil maps are kept); returns ``self``."""
+        return self.update(seed=seed)
+
+    def _set_coil_maps(self, coil_maps: Any, height: int, width: int) -> None:
+        if coil_maps is None:
+            self.coil_maps = None
+            self.measurement_shape = (2, height, width)
+            self._config["num_coils"] = None
+            self._missing.discard("coil_maps")
+            return
+        maps = _check_coil_maps(coil_maps, height, width)
+        ref = self.coil_maps
+        self.coil_maps = maps.to(
+            device=self.mask.device, dtype=ref.dtype if ref is not None else maps.dtype
+        )
+        self._missing.discard("coil_maps")
+        self.measurement_shape = (int(maps.shape[0]), 2, height, width)
+        self._config["num_coils"] = int(maps.shape[0])
+
+    def _after_state_loaded(self) -> None:
+        self._factor = None
 
     # -- diagnostics -----------------------------------------------------------------
     @property
     def multicoil(self) -> bool:
         return self.coil_maps is not None
+
+    @property
+    def num_coils(self) -> int:
+        return 1 if self.coil_maps is None else int(self.coil_maps.shape[0])
 
     @property
     def sampled_fraction(self) -> float:
@@ -204,17 +263,8 @@ class MRI(Operator):
         count = int(self.mask.sum())
         return float("inf") if count == 0 else self.mask.numel() / count
 
-    @property
-    def config(self) -> dict[str, Any]:
-        """Constructor arguments; explicit masks and coil maps appear as (cloned) tensors."""
-        config = super().config
-        config["coil_maps"] = None if self.coil_maps is None else self.coil_maps.detach().clone()
-        config["mask"] = self.mask.detach().clone() if self._explicit_mask else None
-        return config
-
     def extra_repr(self) -> str:
         parts = [f"{k}={v!r}" for k, v in self._config.items()]
-        parts.append(f"num_coils={self.num_coils}, explicit_mask={self._explicit_mask}")
         parts.append(f"acceleration_achieved={self.acceleration_achieved:.3f}")
         return ", ".join(parts)
 
@@ -222,10 +272,6 @@ class MRI(Operator):
     def _work_dtype(self, t: torch.Tensor) -> torch.dtype:
         # torch.fft has no complex32 support worth relying on: upcast half precision.
         return t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
-
-    def _column_mask(self, dtype: torch.dtype) -> torch.Tensor:
-        """Mask as a real ``(W,)`` tensor of ``dtype``, broadcasting over rows (and coils)."""
-        return self.mask.to(dtype=dtype)
 
     def _maps(self, dtype: torch.dtype) -> torch.Tensor:
         """Coil maps as complex ``(Ncoil, H, W)`` of the precision of real ``dtype``."""
@@ -236,21 +282,31 @@ class MRI(Operator):
         z = channels_to_complex(x.to(dtype))  # (B, H, W)
         if self.multicoil:
             z = self._maps(dtype) * z.unsqueeze(1)  # (B, Ncoil, H, W)
-        k = fft2c(z) * self._column_mask(dtype)
+        k = fft2c(z) * self.mask.to(dtype)
         return complex_to_channels(k).to(x.dtype)
 
     def _At(self, y: torch.Tensor) -> torch.Tensor:
         dtype = self._work_dtype(y)
-        k = channels_to_complex(y.to(dtype)) * self._column_mask(dtype)
+        k = channels_to_complex(y.to(dtype)) * self.mask.to(dtype)
         z = ifft2c(k)
         if self.multicoil:
             z = (self._maps(dtype).conj() * z).sum(dim=1)
         return complex_to_channels(z).to(y.dtype)
 
+    def sense_factor(self) -> torch.Tensor:
+        """The cached per-row pseudo-inverse ``(H, W, Ncoil·|M|)`` complex128, built on
+        first use and after every :meth:`update` (see :mod:`idm_med.operators.sense`)."""
+        if not self.multicoil:
+            raise ValueError("sense_factor needs coil maps (multi-coil operator)")
+        if self._factor is None or self._factor.device != self.mask.device:
+            maps = self._maps(torch.float64)
+            self._factor = sense_pinv_factor(maps, self.mask, self._config["pinv_rtol"])
+        return self._factor
+
     def _A_pinv(self, y: torch.Tensor) -> torch.Tensor:
         if not self.multicoil:
-            return self._At(y)  # A is a partial isometry: A† = Aᴴ
-        # CG in at least float32: half-precision recurrences would not reach cg_tol.
-        work = y.to(self._work_dtype(y))
-        x = pinv_by_cg(work, self._A, self._At, tol=self.cg_tol, max_iter=self.cg_max_iter)
-        return x.to(y.dtype)
+            return super()._A_pinv(y)  # A is a partial isometry: A† = Aᴴ
+        factor = self.sense_factor()
+        k = channels_to_complex(y.to(torch.float64))
+        z = apply_sense_pinv(k, factor.to(k.device), self.mask)
+        return complex_to_channels(z).to(y.dtype)

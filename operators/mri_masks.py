@@ -18,6 +18,11 @@ Generation is delegated to MONAI's ``RandomKspaceMask`` / ``EquispacedKspaceMask
 as fastMRI seeds it, so a given seed reproduces fastMRI's masks. fastMRI seeds validation
 masks from the file name (``tuple(map(ord, fname))``); :func:`seed_from_filename` returns
 that tuple, and every function here accepts an ``int`` or such a tuple as ``seed``.
+
+:class:`RandomMaskFunc` and :class:`EquiSpacedMaskFunc` are the seeded generators in
+fastMRI's ``MaskFunc`` style: built once from the sampling settings, called with a width
+and a seed, so an operator keeps its structure and draws new masks through
+``op.update(seed=...)``.
 """
 
 from __future__ import annotations
@@ -182,3 +187,51 @@ def column_mask(
     if mask_type == "equispaced":
         return equispaced_column_mask(width, acceleration, center_fraction, seed)
     raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
+
+
+class MaskFunc:
+    """A seeded column-mask generator with fastMRI ``MaskFunc`` semantics.
+
+    ``mask_func(width, seed)`` returns a bool ``(W,)`` mask; the same ``(width, seed)``
+    always gives the same mask (fastMRI reseeds its ``RandomState`` per call), so seeding
+    from :func:`seed_from_filename` gives every slice of a file the same mask.
+
+    Args:
+        center_fraction: fully sampled centre fraction in ``(0, 1]``.
+        acceleration: target undersampling factor ``>= 1``.
+    """
+
+    mask_type: str = ""
+
+    def __init__(self, center_fraction: float, acceleration: float) -> None:
+        self.center_fraction = check_center_fraction(center_fraction)
+        self.acceleration = check_acceleration(acceleration)
+
+    def __call__(self, width: int, seed: MaskSeed = 0) -> torch.Tensor:
+        return column_mask(self.mask_type, width, self.acceleration, self.center_fraction, seed)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(center_fraction={self.center_fraction}, "
+            f"acceleration={self.acceleration})"
+        )
+
+
+class RandomMaskFunc(MaskFunc):
+    """fastMRI ``RandomMaskFunc``: outer columns drawn independently (see module doc)."""
+
+    mask_type = "random"
+
+
+class EquiSpacedMaskFunc(MaskFunc):
+    """fastMRI ``EquiSpacedMaskFunc``: equispaced outer lines at a random offset."""
+
+    mask_type = "equispaced"
+
+
+def mask_func(mask_type: str, center_fraction: float, acceleration: float) -> MaskFunc:
+    """The :class:`MaskFunc` of ``mask_type`` (``"random"`` or ``"equispaced"``)."""
+    classes = {"random": RandomMaskFunc, "equispaced": EquiSpacedMaskFunc}
+    if mask_type not in classes:
+        raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
+    return classes[mask_type](center_fraction, acceleration)

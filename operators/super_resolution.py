@@ -5,17 +5,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Operator, check_image_size
+from .base import ScaledAdjointOperator, check_image_size
 from .registry import register_operator
 
 
 @register_operator
-class SuperResolution(Operator):
+class SuperResolution(ScaledAdjointOperator):
     """``A`` averages each ``factor × factor`` patch: ``(B, C, H, W) → (B, C, H/f, W/f)``.
 
     Each row of ``A`` holds ``f²`` entries ``1/f²``, so ``A Aᵀ = I / f²``,
-    ``Aᵀ y`` spreads ``y / f²`` over the patch and ``A† = f² Aᵀ`` replicates every
-    low-resolution pixel over its patch (nearest-neighbour upsampling).
+    ``Aᵀ y`` spreads ``y / f²`` over the patch and ``A† = f² Aᵀ`` (``gram_scale = 1/f²``)
+    replicates every low-resolution pixel over its patch (nearest-neighbour upsampling).
+    No random parameters (``update()`` takes no keywords).
     """
 
     name = "superres"
@@ -31,7 +32,8 @@ class SuperResolution(Operator):
             raise ValueError(f"channels must be >= 1, got {channels}")
         factor = int(factor)
         self.factor = factor
-        self._config = dict(image_size=(h, w), factor=factor, channels=channels)
+        self.gram_scale = 1.0 / factor**2
+        self._config = dict(image_size=[h, w], factor=factor, channels=int(channels))
         self.image_shape = (channels, h, w)
         self.measurement_shape = (channels, h // factor, w // factor)
 
@@ -39,6 +41,7 @@ class SuperResolution(Operator):
         return F.avg_pool2d(x, self.factor)
 
     def _A_pinv(self, y: torch.Tensor) -> torch.Tensor:
+        # f² Aᵀ y without the division and multiplication round-off.
         return y.repeat_interleave(self.factor, dim=-2).repeat_interleave(self.factor, dim=-1)
 
     def _At(self, y: torch.Tensor) -> torch.Tensor:

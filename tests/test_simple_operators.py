@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from idm_med.operators import make_operator
+from idm_med.operators import PixelMaskFunc, make_operator
 
 
 def test_gaussian_cs_matrix_has_orthonormal_columns():
@@ -65,8 +65,12 @@ def test_inpainting_box_is_one_rectangle():
 def test_inpainting_explicit_mask_and_errors():
     mask = torch.rand(8, 8) > 0.5
     op = make_operator("inpainting", image_size=8, mask=mask)
-    assert torch.equal(op.mask, mask)
-    assert torch.equal(make_operator(**op.config).mask, mask)
+    assert torch.equal(op.mask, mask) and op.config["explicit_mask"] is True
+    rebuilt = make_operator(**op.config)
+    with pytest.raises(RuntimeError, match="has no mask yet"):
+        rebuilt.A(torch.rand(1, 1, 8, 8))
+    rebuilt.load_state_dict(op.state_dict())
+    assert torch.equal(rebuilt.mask, mask)
     with pytest.raises(ValueError, match=r"mask must have shape \(8, 8\)"):
         make_operator("inpainting", image_size=8, mask=torch.ones(8, 9))
     with pytest.raises(ValueError, match="missing_ratio must lie in"):
@@ -97,3 +101,44 @@ def test_gaussian_cs_double_is_exactly_orthonormal():
     gram = op.phi.T @ op.phi
     assert torch.allclose(gram, torch.eye(gram.shape[0], dtype=torch.float64), atol=1e-12)
     assert op.float().phi.dtype == torch.float32
+
+
+def test_inpainting_update_draws_the_mask_of_a_fresh_operator():
+    op = make_operator("inpainting", image_size=16, missing_ratio=0.4, seed=0)
+    assert op.update(seed=5) is op
+    fresh = make_operator("inpainting", image_size=16, missing_ratio=0.4, seed=5)
+    assert torch.equal(op.mask, fresh.mask) and op.config == fresh.config
+    func = PixelMaskFunc(0.4, "box")
+    assert torch.equal(func(16, 16, 3), func(16, 16, 3))
+    assert int((~func(16, 16, 3)).sum()) == round(0.4**0.5 * 16) ** 2
+    mask = torch.rand(16, 16) > 0.5
+    op.update(mask=mask)
+    assert torch.equal(op.mask, mask) and op.config["explicit_mask"] is True
+    with pytest.raises(ValueError, match="not both"):
+        op.update(mask=mask, seed=1)
+
+
+def test_gaussian_cs_update_draws_a_new_permutation_and_keeps_phi():
+    kwargs = dict(image_size=32, ratio=0.5, block_size=16, permute=True)
+    op = make_operator("gaussian_cs", **kwargs)
+    phi = op.phi.clone()
+    op.update(perm_seed=9)
+    fresh = make_operator("gaussian_cs", **kwargs, perm_seed=9)
+    assert torch.equal(op.perm, fresh.perm) and torch.equal(op.phi, phi)
+    x = torch.rand(1, 1, 32, 32)
+    assert torch.equal(op.A(x), fresh.A(x))
+    perm = torch.randperm(32 * 32)
+    op.update(perm=perm)
+    assert torch.equal(op.perm, perm) and op.config["explicit_perm"] is True
+    assert torch.allclose(op.At(op.A(op.At(op.A(x)))), op.At(op.A(x)), atol=1e-5)
+    with pytest.raises(ValueError, match="permutation of range"):
+        op.update(perm=torch.zeros(32 * 32, dtype=torch.long))
+    with pytest.raises(ValueError, match="permute=True"):
+        make_operator("gaussian_cs", image_size=32, ratio=0.5, block_size=16).update(perm_seed=1)
+
+
+def test_superres_has_no_parameters():
+    op = make_operator("superres", image_size=8, factor=2)
+    assert op.gram_scale == 0.25
+    with pytest.raises(TypeError, match="no parameters"):
+        op.update(mask=None)
