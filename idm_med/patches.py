@@ -57,8 +57,10 @@ class PatchSampler:
             raise ValueError("PatchSampler needs at least one modality with images")
         p = torch.tensor([self.weights[m] for m in self._mods], dtype=torch.float64)
         self._p = p / p.sum()
-        self._tensors = {m: [torch.from_numpy(np.asarray(a, np.float32)) for a in self.images[m]]
-                         for m in self._mods}  # fmt: skip
+        self._tensors = {
+            m: [torch.from_numpy(np.asarray(a, np.float32)) for a in self.images[m]]
+            for m in self._mods
+        }
 
     def patch(self, generator: torch.Generator) -> torch.Tensor:
         """One patch ``(C, size, size)``."""

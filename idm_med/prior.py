@@ -59,9 +59,13 @@ def prior_unet_config(image_channels: int = 1, **overrides: Any) -> dict[str, An
 def default_scheduler() -> DDPMScheduler:
     """DDPM's schedule: 1000 steps, linear β 1e-4 → 0.02, ε-prediction."""
     return DDPMScheduler(
-        num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-        prediction_type="epsilon", clip_sample=False,
-    )  # fmt: skip
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=1e-4,
+        beta_end=0.02,
+        prediction_type="epsilon",
+        clip_sample=False,
+    )
 
 
 # -- saving / loading ------------------------------------------------------------------------
@@ -170,15 +174,26 @@ def pretrain(
             if rows:
                 last = rows[-1].split(",")
                 tail = [float(r.split(",")[1]) for r in rows[-200:]]
-                info["record"] = {"steps": int(last[0]), "seconds": float(last[3]),
-                                  "final_loss_mean_200": float(np.mean(tail))}  # fmt: skip
+                info["record"] = {
+                    "steps": int(last[0]),
+                    "seconds": float(last[3]),
+                    "final_loss_mean_200": float(np.mean(tail)),
+                }
         save_prior(model, directory, info)
 
     def make_batch(step: int, gen: torch.Generator) -> torch.Tensor:
         return sampler.batch(config.batch_size, gen)
 
     result = train_loop.run(
-        unet, make_batch, ddpm_loss(scheduler), save, output, config.loop,
-        settings=record, resume=resume, progress=progress, desc="pretrain",
-    )  # fmt: skip
+        unet,
+        make_batch,
+        ddpm_loss(scheduler),
+        save,
+        output,
+        config.loop,
+        settings=record,
+        resume=resume,
+        progress=progress,
+        desc="pretrain",
+    )
     return result.model

@@ -161,8 +161,13 @@ def run(
     model.train()
     log_rows: list[tuple] = []
     t0 = time.perf_counter()
-    bar = tqdm(range(start, config.iterations), desc=desc, disable=not progress,
-               initial=start, total=config.iterations)  # fmt: skip
+    bar = tqdm(
+        range(start, config.iterations),
+        desc=desc,
+        disable=not progress,
+        initial=start,
+        total=config.iterations,
+    )
     for step in bar:
         lr = config.learning_rate * config.lr_factor(step)
         for group in optimizer.param_groups:
@@ -177,8 +182,12 @@ def run(
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{lr:.1e}")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.iterations:
             if accelerator.is_main_process:
-                state = {"step": step + 1, "losses": losses, "settings": settings,
-                         "optimizer": optimizer.state_dict()}  # fmt: skip
+                state = {
+                    "step": step + 1,
+                    "losses": losses,
+                    "settings": settings,
+                    "optimizer": optimizer.state_dict(),
+                }
                 _write_checkpoint(ckpt, save_fn, raw, ema, state)
                 _append_log(output / "log.csv", log_rows)
             log_rows = []

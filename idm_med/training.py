@@ -41,9 +41,15 @@ logger = logging.getLogger(__name__)
 _PER_STEP_SEED = ("mri", "inpainting")
 #: The layout keys of a diffusers UNet2DModel config that IDM's small backbone uses.
 _LAYOUT_KEYS = (
-    "block_out_channels", "down_block_types", "up_block_types", "layers_per_block",
-    "attention_head_dim", "norm_num_groups", "norm_eps", "act_fn",
-)  # fmt: skip
+    "block_out_channels",
+    "down_block_types",
+    "up_block_types",
+    "layers_per_block",
+    "attention_head_dim",
+    "norm_num_groups",
+    "norm_eps",
+    "act_fn",
+)
 
 
 # -- data --------------------------------------------------------------------------------
@@ -243,8 +249,13 @@ def train(
     output = Path(output)
     if sampler is None:
         if data is not None:
-            sampler = PatchSampler({"files": data}, {"files": 1.0}, config.image_size,
-                                   config.image_channels, {"files": (0.5, 1.0)})  # fmt: skip
+            sampler = PatchSampler(
+                {"files": data},
+                {"files": 1.0},
+                config.image_size,
+                config.image_channels,
+                {"files": (0.5, 1.0)},
+            )
         else:
             sampler = corpus_sampler(config.image_size, config.image_channels, config.data)
     torch.manual_seed(config.loop.seed)
@@ -270,6 +281,14 @@ def train(
         atomic_write_text(Path(directory) / "training.json", text)
 
     return train_loop.run(
-        model, make_batch, loss_fn, save, output, config.loop,
-        settings=record, resume=resume, progress=progress, desc="train",
-    )  # fmt: skip
+        model,
+        make_batch,
+        loss_fn,
+        save,
+        output,
+        config.loop,
+        settings=record,
+        resume=resume,
+        progress=progress,
+        desc="train",
+    )

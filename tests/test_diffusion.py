@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from idm_med import prior, sampling, train_loop
+from idm_med import patches, prior, sampling, train_loop
 from idm_med.ddnm import ddnm_sample
 from idm_med.operators import make_operator
 
@@ -20,10 +20,10 @@ def _unet(channels: int = 1) -> UNet2DModel:
     return UNet2DModel(**prior.prior_unet_config(channels, **TINY)).double().eval()
 
 
-def _sampler(channels: int = 1) -> prior.PatchSampler:
+def _sampler(channels: int = 1) -> patches.PatchSampler:
     rng = np.random.default_rng(0)
     images = {"natural": [rng.random((40, 50)).astype(np.float32) for _ in range(3)]}
-    return prior.PatchSampler(images, {"natural": 1.0}, size=16, channels=channels)
+    return patches.PatchSampler(images, {"natural": 1.0}, size=16, channels=channels)
 
 
 def test_scheduler_is_ddpm_linear():
@@ -54,10 +54,14 @@ def test_patch_sampler_is_seeded_and_in_range(channels):
 
 def _pretrain(tmp_path, name, iterations, resume=False, channels=1, init=None):
     cfg = prior.PretrainConfig(
-        image_channels=channels, patch_size=16, batch_size=2, modalities={"natural": 1.0},
-        unet=TINY, init=init,
+        image_channels=channels,
+        patch_size=16,
+        batch_size=2,
+        modalities={"natural": 1.0},
+        unet=TINY,
+        init=init,
         loop=train_loop.LoopConfig(iterations=iterations, checkpoint_every=2, warmup=2),
-    )  # fmt: skip
+    )
     return prior.pretrain(
         cfg, tmp_path / name, sampler=_sampler(channels), resume=resume, progress=False
     )
@@ -127,3 +131,140 @@ def test_ddnm_is_seeded_and_data_consistent(name):
     torch.testing.assert_close(op.A(a), y, rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="eta"):
         ddnm_sample(y, op, unet, steps=6, eta=1.5)
+
+
+# -- SR3 ------------------------------------------------------------------------------------
+def test_sr3_starts_from_the_prior_and_samples(tmp_path):
+    from idm_med.sr3 import SR3Config, load_sr3, make_sr3_unet, sr3_sample, train_sr3
+
+    unet = _unet().float()
+    prior.save_prior(unet, tmp_path / "prior", {"kind": "prior"})
+    cfg = SR3Config(
+        operator={"name": "superres", "factor": [2, 4]},
+        image_size=16,
+        batch_size=2,
+        init=str(tmp_path / "prior"),
+        unet=TINY,
+        loop=train_loop.LoopConfig(iterations=2, checkpoint_every=2, warmup=1),
+    )
+    sr3 = make_sr3_unet(cfg)
+    assert sr3.conv_in.weight.shape[1] == 2
+    torch.testing.assert_close(sr3.conv_in.weight[:, :1], unet.conv_in.weight)
+    assert float(sr3.conv_in.weight[:, 1:].abs().max()) == 0.0  # condition starts silent
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():  # so at init SR3 is the prior's denoiser
+        a = sr3(torch.cat([x, torch.rand_like(x)], 1), torch.full((2,), 50)).sample
+        torch.testing.assert_close(a, unet(x, torch.full((2,), 50)).sample)
+    train_sr3(cfg, tmp_path / "sr3", sampler=_sampler(), progress=False)
+    model, sched, info = load_sr3(tmp_path / "sr3")
+    assert info["kind"] == "sr3" and info["operator"]["factor"] == [2, 4]
+    op = make_operator("superres", image_size=16, factor=2)
+    y = op.A(x)
+    out = sr3_sample(y, op, model, sched, steps=4, seed=0)
+    again = sr3_sample(y, op, model, sched, steps=4, seed=0)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, again, rtol=0, atol=0)
+
+
+# -- command line -----------------------------------------------------------------------------
+def test_pretrain_sample_and_sr3_commands(tmp_path):
+    from idm_med.cli import main
+    from idm_med.datasets.samples import sample_path
+
+    files = [str(sample_path("natural/brick.png"))]
+    tiny = [
+        "--unet-channels",
+        "8",
+        "16",
+        "16",
+        "--norm-groups",
+        "4",
+        "--batch-size",
+        "2",
+        "--iterations",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--warmup",
+        "1",
+    ]
+    with pytest.raises(SystemExit) as done:
+        main(
+            [
+                "pretrain",
+                "--files",
+                *files,
+                "--patch-size",
+                "16",
+                "--output",
+                str(tmp_path / "prior"),
+                *tiny,
+            ]
+        )
+    assert done.value.code == 0
+    UNet2DModel.from_pretrained(tmp_path / "prior")
+    for sampler in ("ddpm", "ddim"):
+        with pytest.raises(SystemExit) as done:
+            main(
+                [
+                    "sample",
+                    str(tmp_path / "prior"),
+                    "--sampler",
+                    sampler,
+                    "--steps",
+                    "3",
+                    "--n",
+                    "2",
+                    "--size",
+                    "16",
+                    "--output",
+                    str(tmp_path / f"{sampler}.png"),
+                ]
+            )
+        assert done.value.code == 0 and (tmp_path / f"{sampler}.png").stat().st_size > 0
+    with pytest.raises(SystemExit) as done:
+        main(
+            [
+                "sr3",
+                "--operator",
+                "superres",
+                "--factor",
+                "2",
+                "--image-size",
+                "16",
+                "--files",
+                *files,
+                "--init",
+                str(tmp_path / "prior"),
+                "--output",
+                str(tmp_path / "sr3"),
+                *tiny,
+            ]
+        )
+    assert done.value.code == 0 and (tmp_path / "sr3" / "sr3.json").is_file()
+    with pytest.raises(SystemExit) as done:
+        main(
+            [
+                "train",
+                "--operator",
+                "superres",
+                "--factor",
+                "2",
+                "4",
+                "--image-size",
+                "16",
+                "--files",
+                *files,
+                "--init",
+                str(tmp_path / "prior"),
+                "--steps",
+                "2",
+                "--output",
+                str(tmp_path / "idm"),
+                *tiny,
+            ]
+        )
+    assert done.value.code == 0
+    from idm_med.model import IDM
+
+    assert IDM.from_pretrained(tmp_path / "idm").config.operator["name"] == "superres"

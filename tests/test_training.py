@@ -35,12 +35,20 @@ def _data(n: int = 6, size: int = 24) -> list[np.ndarray]:
 def _config(iterations: int = 6, checkpoint_every: int = 3, **kw) -> TrainingConfig:
     base = dict(
         operator={"name": "inpainting", "missing_ratio": 0.5},
-        image_size=16, image_channels=1, backbone=TINY, steps=2, batch_size=2,
+        image_size=16,
+        image_channels=1,
+        backbone=TINY,
+        steps=2,
+        batch_size=2,
         loop=train_loop.LoopConfig(
-            iterations=iterations, learning_rate=1e-3, warmup=1, ema_decay=0.0,
-            checkpoint_every=checkpoint_every, seed=0,
+            iterations=iterations,
+            learning_rate=1e-3,
+            warmup=1,
+            ema_decay=0.0,
+            checkpoint_every=checkpoint_every,
+            seed=0,
         ),
-    )  # fmt: skip
+    )
     return TrainingConfig(**(base | kw))
 
 
@@ -105,8 +113,9 @@ def test_idm_from_prior_keeps_the_prior_at_the_folded_timestep(tmp_path, channel
     t = int(torch.argmin((sched.alphas_cumprod - alpha0).abs()))
     x = torch.randn(2, channels, 16, 16)
     with torch.no_grad():
-        ref = torch.cat([unet(x[:, c : c + 1], torch.full((2,), t)).sample
-                         for c in range(channels)], 1)  # fmt: skip
+        ref = torch.cat(
+            [unet(x[:, c : c + 1], torch.full((2,), t)).sample for c in range(channels)], 1
+        )
         out = model.backbone(x)
     if channels == 1:
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
@@ -145,8 +154,13 @@ def _gradients(mode: str, batch: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, world: int, port: int, mode: str, batch, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     grads = _gradients(mode, batch)
     if rank == 0:
