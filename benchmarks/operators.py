@@ -29,12 +29,14 @@ def benchmark_cases(size: int) -> dict[str, tuple[str, dict]]:
         "superres": ("superres", dict(image_size=size, factor=4)),
         "mri": ("mri", dict(image_size=size, acceleration=4, center_fraction=0.08)),
         "mri 8 coils": ("mri", dict(image_size=size, acceleration=4, center_fraction=0.08)),
+        "mri 8 coils 8x": ("mri", dict(image_size=size, acceleration=8, center_fraction=0.04)),
         "ct": ("ct", dict(image_size=size, n_views=60)),
     }
     if "mri" in available_operators():
         from idm_med.datasets.coils import synthetic_coil_maps
 
         cases["mri 8 coils"][1]["coil_maps"] = synthetic_coil_maps(8, (size, size))
+        cases["mri 8 coils 8x"][1]["coil_maps"] = cases["mri 8 coils"][1]["coil_maps"]
     return {label: case for label, case in cases.items() if case[0] in available_operators()}
 
 

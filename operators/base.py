@@ -229,7 +229,8 @@ def noise_aware_projection(
     noise_sigma: float,
     prior_sigma: float,
 ) -> torch.Tensor:
-    """Data consistency for noisy ``y = A x* + n``, ``n ~ N(0, σ_y² I)``:
+    """Data consistency for noisy ``y = A x* + n``, ``n ~ N(0, σ_y² I)`` (``σ_y`` per real
+    measurement component: ``σ/√2`` for complex k-space noise with ``E|n|² = σ²``):
     ``x − λ A†(A x − y)`` with ``λ = σ_x² / (σ_x² + σ_y² / c)``.
 
     With the estimate ``x`` modelled as ``x* + e``, ``e ~ N(0, σ_x² I)``, this is the

@@ -249,6 +249,11 @@ class MRI(ScaledAdjointOperator):
         return self.coil_maps is not None
 
     @property
+    def solver(self) -> str:
+        """How ``A†`` is computed (for benchmark tables)."""
+        return "SENSE row SVD (cached)" if self.multicoil else "closed form"
+
+    @property
     def num_coils(self) -> int:
         return 1 if self.coil_maps is None else int(self.coil_maps.shape[0])
 
