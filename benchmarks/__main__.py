@@ -13,6 +13,7 @@ SUITES = {
     "cs": "block Gaussian CS, ratios 0.1/0.3/0.5 (results/cs.md)",
     "inpaint": "inpainting, 90% random pixels and a box (results/inpaint.md)",
     "superres": "super-resolution ×2 and ×4 (results/superres.md)",
+    "diffusion": "A†y vs DDNM vs IDM from the prior vs from scratch (results/diffusion.md)",
     "tune": "tune the baselines per setting on validation images (results/tuning.json)",
     "operators": "time A, At and A_pinv of every operator (results/operators.md)",
     "memory": "training-step memory of the IDM modes over T (results/memory.md)",

@@ -7,6 +7,7 @@ Registering a learned method is one :func:`idm_med.baselines.register` call with
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 
 import torch
 
@@ -39,8 +40,87 @@ def register_shipped() -> None:
             baselines.MethodSpec(
                 "idm_mri_4x",
                 _run_mri_4x,
-                applies=lambda op: op.name == "mri",
+                # A single-coil model: the checkpoint refuses multi-coil operators.
+                applies=lambda op: op.name == "mri" and getattr(op, "coil_maps", None) is None,
                 available=lambda: _shipped("mri_4x"),
                 label="IDM mri_4x (T=3)",
             )
         )
+
+
+# -- the diffusion family (issue: DDNM on the shipped prior, IDM fine-tuned from it) ---------
+#: Models trained for the ablations, outside the package (weights committed with their log).
+ABLATION_MODELS = Path(__file__).parent / "ablation_models"
+#: Shipped IDM models of the diffusion family, by operator name.
+IDM_BY_OPERATOR = {
+    "gaussian_cs": "idm_cs",
+    "mri": "idm_mri",
+    "inpainting": "idm_inpainting",
+    "superres": "idm_superres",
+    "ct": "idm_ct",
+}
+
+
+def _run_ddnm(y: torch.Tensor, operator: Operator, steps: int = 100) -> torch.Tensor:
+    from idm_med.diffusion_methods import ddnm_method
+
+    return ddnm_method(steps=steps)(y, operator)
+
+
+def _idm_at(path: Path):
+    from idm_med.reconstruction import make_method
+
+    return make_method("idm", checkpoint=path)
+
+
+def _run_idm_family(y: torch.Tensor, operator: Operator) -> torch.Tensor:
+    from idm_med.pretrained import pretrained_path
+
+    return _cached_idm(str(pretrained_path(IDM_BY_OPERATOR[operator.name])))(y, operator)
+
+
+def _run_idm_scratch(y: torch.Tensor, operator: Operator) -> torch.Tensor:
+    return _cached_idm(str(ABLATION_MODELS / f"{IDM_BY_OPERATOR[operator.name]}_scratch"))(
+        y, operator
+    )
+
+
+@cache
+def _cached_idm(path: str):
+    return _idm_at(Path(path))
+
+
+def _prior_shipped() -> bool:
+    return _shipped("prior_gray")
+
+
+def register_diffusion() -> None:
+    """Register DDNM (shipped prior), IDM fine-tuned from it, and the from-scratch
+    ablation model (idempotent)."""
+    specs = [
+        baselines.MethodSpec(
+            "ddnm",
+            _run_ddnm,
+            params={"steps": 100},
+            available=_prior_shipped,
+            label="DDNM (100 steps, prior)",
+        ),
+        baselines.MethodSpec(
+            "idm",
+            _run_idm_family,
+            applies=lambda op: op.name in IDM_BY_OPERATOR and _shipped(IDM_BY_OPERATOR[op.name]),
+            label="IDM (T=3, from prior)",
+        ),
+        baselines.MethodSpec(
+            "idm_scratch",
+            _run_idm_scratch,
+            applies=lambda op: (
+                op.name in IDM_BY_OPERATOR
+                and (ABLATION_MODELS / f"{IDM_BY_OPERATOR[op.name]}_scratch").is_dir()
+            ),
+            label="IDM (T=3, from scratch)",
+        ),
+    ]
+    for spec in specs:
+        if spec.name not in baselines.METHODS:
+            baselines.register(spec)

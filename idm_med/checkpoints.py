@@ -80,8 +80,14 @@ class ModelInfo:
         return bool(self.training)
 
     @property
+    def iterations(self) -> int | None:
+        """Training iterations (``training.json`` of ``idm-med train``, old or new layout)."""
+        loop = self.training.get("loop") or {}
+        return self.training.get("iterations") or loop.get("iterations")
+
+    @property
     def multicoil(self) -> bool:
-        return self.operator.get("coil_maps") is not None or bool(self.operator.get("multicoil"))
+        return config_is_multicoil(self.operator)
 
     def summary(self) -> dict[str, str]:
         """One row of ``idm-med models``."""
@@ -100,10 +106,16 @@ class ModelInfo:
             "operator": f"{op.get('name', '?')}{' multi-coil' if self.multicoil else ''}",
             "settings": settings or "-",
             "image size": str(size or "-"),
-            "trained": f"{self.training['iterations']} it" if self.trained else "NO (init)",
+            "trained": f"{self.iterations} it" if self.trained else "NO (init)",
             "data": str(self.card.get("data") or self.training.get("data") or "-"),
             "validation": scores or "-",
         }
+
+
+def config_is_multicoil(config: dict[str, Any]) -> bool:
+    """Whether an operator config describes multi-coil MRI (``coil_maps`` or
+    ``num_coils`` recorded)."""
+    return config.get("coil_maps") is not None or bool(config.get("num_coils"))
 
 
 def _candidates() -> list[tuple[str, Path]]:
@@ -112,7 +124,10 @@ def _candidates() -> list[tuple[str, Path]]:
     out = []
     for source, root in (("shipped", PRETRAINED_DIR), ("user", user_models_dir())):
         if root.is_dir():
-            out += [(source, p) for p in sorted(root.iterdir()) if (p / "config.json").is_file()]
+            # IDM checkpoints only (priors and SR3 models are diffusers UNet directories).
+            out += [
+                (source, p) for p in sorted(root.iterdir()) if (p / "model.safetensors").is_file()
+            ]
     return out
 
 
@@ -194,7 +209,7 @@ def check_fit(
     channels = info.config.get("image_channels")
     if channels is not None and channels != image_channels:
         problems.append(f"trained on {channels}-channel images, the data have {image_channels}")
-    data_multicoil = operator_config.get("coil_maps") is not None
+    data_multicoil = config_is_multicoil(operator_config)
     if data_multicoil != info.multicoil:
         kind = "multi-coil" if info.multicoil else "single-coil"
         problems.append(f"a {kind} model on {'multi' if data_multicoil else 'single'}-coil data")
