@@ -306,14 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument(
         "--method",
-        choices=["pinv", "tv", "idm"],
+        choices=["pinv", "tv", "idm", "ddnm", "sr3"],
         default="tv",
-        help="A†y, TV + range-null-space baseline, or an IDM model",
+        help="A†y, TV + range-null-space baseline, an IDM model, DDNM (100 steps on the "
+        "shipped diffusion prior, training-free) or an SR3 model (--checkpoint)",
     )
     rec.add_argument(
         "--checkpoint",
         help="IDM checkpoint directory or model name from `idm-med models` (default for "
-        "--method idm: the shipped model for the input's operator)",
+        "--method idm: the shipped model for the input's operator); for ddnm a prior "
+        "directory (default: the shipped prior); for sr3 an SR3 directory",
     )
     rec.add_argument(
         "--allow-mismatch",

@@ -37,7 +37,7 @@ from .operators import Operator, make_operator
 logger = logging.getLogger(__name__)
 
 Method = Callable[[torch.Tensor, Operator], torch.Tensor]
-METHODS = ("pinv", "tv", "idm")
+METHODS = ("pinv", "tv", "idm", "ddnm", "sr3")
 
 
 @dataclass
@@ -88,9 +88,11 @@ def make_method(
     """Build a reconstruction method by name.
 
     Args:
-        name: ``"pinv"``, ``"tv"`` or ``"idm"``.
-        checkpoint: IDM checkpoint directory or model name (``idm-med models``); required
-            for ``"idm"``.
+        name: ``"pinv"``, ``"tv"``, ``"idm"``, ``"ddnm"`` (training-free, on a diffusion
+            prior) or ``"sr3"`` (a trained SR3 model).
+        checkpoint: IDM checkpoint directory or model name (``idm-med models``), required
+            for ``"idm"``; the prior directory for ``"ddnm"`` (default: the shipped prior);
+            the SR3 directory for ``"sr3"``.
         device: where the IDM model runs.
         allow_mismatch: run an IDM model on data it was not trained for (with a warning).
         kwargs: passed to :func:`~idm_med.classical.tv_rnd_reconstruct` for ``"tv"``.
@@ -105,6 +107,16 @@ def make_method(
         if checkpoint is None:
             raise ValueError("method 'idm' needs checkpoint=<directory of a trained IDM model>")
         return IDMMethod(checkpoint, device=device, allow_mismatch=allow_mismatch)
+    if name == "ddnm":
+        from .diffusion_methods import ddnm_method
+
+        return ddnm_method(checkpoint, **kwargs)
+    if name == "sr3":
+        from .diffusion_methods import sr3_method
+
+        if checkpoint is None:
+            raise ValueError("method 'sr3' needs checkpoint=<directory of a trained SR3 model>")
+        return sr3_method(checkpoint, **kwargs)
     raise ValueError(f"unknown method {name!r}; expected one of {METHODS}")
 
 
