@@ -15,8 +15,8 @@ The DDIM step is diffusers' ``DDIMScheduler.step`` on the prior's training sched
 sample whose clean estimate is :math:`\bar x_{0|t}`); ``η`` is DDIM's (0: deterministic,
 1: DDPM-like ancestral noise). The last step lands on ᾱ = 1 and returns the projected
 estimate, so ``A x̂ = y`` for noiseless ``y`` up to the pseudo-inverse's accuracy. With a
-noise level (``noise_sigma``) the hard projection is replaced by the operator package's
-noise-aware data-consistency step when it provides one.
+noise level (``noise_sigma``) the hard projection is replaced by the noise-aware
+data-consistency step (:func:`idm_med.operators.noise_aware_projection`).
 
 ``prior`` is a diffusers ``UNet2DModel`` (see :mod:`idm_med.prior`) or any callable
 ``ε(x, t)``; a 1-channel prior serves 2-channel complex MRI channel by channel
@@ -34,7 +34,7 @@ from diffusers import SchedulerMixin
 from torch import nn
 from tqdm.auto import tqdm
 
-from .operators import range_null_space_projection
+from .operators import noise_aware_projection, range_null_space_projection
 from .sampling import denoiser, make_scheduler, timestep
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ def ddnm_sample(
     steps: int = 100,
     eta: float = 0.85,
     scheduler: SchedulerMixin | None = None,
+    noise_sigma: float = 0.0,
     seed: int = 0,
     progress: bool = False,
 ) -> torch.Tensor:
@@ -68,6 +69,9 @@ def ddnm_sample(
         eta: DDIM's η in ``[0, 1]`` (DDNM's default 0.85).
         scheduler: the prior's training scheduler (default: DDPM's linear schedule, the
             one :mod:`idm_med.prior` trains with).
+        noise_sigma: standard deviation of the measurement noise; when > 0 the hard
+            projection becomes :func:`~idm_med.operators.noise_aware_projection` with the
+            estimate's own uncertainty ``sqrt((1 - ᾱ_t) / ᾱ_t)`` as its prior σ (DDNM+).
         seed: seeds ``x_T`` and the per-step noise (reproducible runs).
         progress: show a tqdm progress bar.
     """
@@ -85,7 +89,11 @@ def ddnm_sample(
         eps = eps_fn(x, timestep(t, shape[0], y.device)).to(y.dtype)
         a_t = float(abar[int(t)])
         x0 = (x - (1.0 - a_t) ** 0.5 * eps) / a_t**0.5
-        x0 = range_null_space_projection(x0, y, operator)
+        if noise_sigma > 0:
+            sigma_x = max(((1.0 - a_t) / a_t) ** 0.5, 1e-6)
+            x0 = noise_aware_projection(x0, y, operator, noise_sigma, sigma_x)
+        else:
+            x0 = range_null_space_projection(x0, y, operator)
         # The sample whose clean estimate is the projected x0, for diffusers' DDIM step.
         x_bar = a_t**0.5 * x0 + (1.0 - a_t) ** 0.5 * eps
         x = sched.step(eps, t, x_bar, eta=eta, generator=gen).prev_sample

@@ -268,3 +268,14 @@ def test_pretrain_sample_and_sr3_commands(tmp_path):
     from idm_med.model import IDM
 
     assert IDM.from_pretrained(tmp_path / "idm").config.operator["name"] == "superres"
+
+
+def test_ddnm_noise_aware_step_only_with_noise():
+    op = make_operator("inpainting", image_size=16, missing_ratio=0.5).double()
+    x = torch.rand(1, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = op.A(x) + 0.05 * op.A(torch.randn(1, 1, 16, 16, dtype=torch.float64))
+    unet = _unet()
+    hard = ddnm_sample(y, op, unet, steps=4, seed=0)
+    soft = ddnm_sample(y, op, unet, steps=4, seed=0, noise_sigma=0.05)
+    torch.testing.assert_close(op.A(hard), y, rtol=1e-10, atol=1e-10)  # fits the noise
+    assert float((op.A(soft) - y).norm()) > 1e-3 * float(y.norm())  # does not
