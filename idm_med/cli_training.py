@@ -171,11 +171,24 @@ def save_grid(path: Path, images: Any, title: str, cols: int = 8) -> None:
     plt.close(fig)
 
 
+def _init_channels(init: str | None) -> int | None:
+    """Image channels of an IDM checkpoint given to ``--init`` (None for a prior: a gray
+    prior also starts 2-channel models)."""
+    import json
+
+    if not init or not (Path(init) / "config.json").is_file():
+        return None
+    config = json.loads((Path(init) / "config.json").read_text())
+    return config.get("image_channels")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .backbones import small_unet_config
     from .training import TrainingConfig, load_training_images, train
 
-    channels = args.image_channels or (2 if args.operator == "mri" else 1)
+    channels = (
+        args.image_channels or _init_channels(args.init) or (2 if args.operator == "mri" else 1)
+    )
     backbone: Any = args.backbone
     if _unet_overrides(args) and backbone == "small":
         backbone = small_unet_config(**_unet_overrides(args))
@@ -284,7 +297,11 @@ def _measurement_choices(p: argparse.ArgumentParser) -> None:
         metavar="MODALITY[=WEIGHT]",
         help="corpus training images (default: the operator's modality)",
     )
-    p.add_argument("--init", help="a prior directory (idm-med pretrain) to start from")
+    p.add_argument(
+        "--init",
+        help="a prior (idm-med pretrain) or IDM checkpoint (idm-med "
+        "init / train) to start from; default image channels follow it",
+    )
 
 
 def add_training_commands(add: Callable[..., argparse.ArgumentParser]) -> None:

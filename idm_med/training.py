@@ -110,7 +110,8 @@ class TrainingConfig:
     image_channels: int = 2
     # "small", "sd", a local diffusers SD UNet directory, or a backbone config dict
     backbone: str | dict[str, Any] = "small"
-    init: str | None = None  # a prior directory (idm-med pretrain) to fine-tune from
+    # a prior (idm-med pretrain) or an IDM checkpoint (idm-med init / train) to start from
+    init: str | None = None
     steps: int = 3
     memory_mode: str = "level1+2"
     final_projection: bool = True
@@ -130,6 +131,8 @@ class TrainingConfig:
             steps=self.steps,
             final_projection=self.final_projection,
         )
+        if self.init and (Path(self.init) / "model.safetensors").is_file():
+            return _idm_from_checkpoint(self.init, **kwargs)
         if self.init:
             return idm_from_prior(self.init, **kwargs)
         if isinstance(self.backbone, dict):
@@ -176,7 +179,22 @@ class OperatorPool:
         return self._cache[key]
 
 
-# -- starting from a prior ---------------------------------------------------------------
+# -- starting points ---------------------------------------------------------------------
+def _idm_from_checkpoint(directory: str, **kwargs: Any) -> IDM:
+    """Continue from an IDM checkpoint (``idm-med init`` or an earlier ``train``); its
+    architecture must match the requested channels and steps."""
+    model = IDM.from_pretrained(directory).float()
+    for key in ("image_channels", "steps"):
+        if model.config[key] != kwargs[key]:
+            raise ValueError(
+                f"{directory}: checkpoint has {key}={model.config[key]}, training asks for "
+                f"{kwargs[key]} (pass --image-channels / --steps to match)"
+            )
+    model.final_projection = kwargs["final_projection"]
+    model.register_to_config(final_projection=kwargs["final_projection"])
+    return model
+
+
 def _fold_time_embedding(prior_unet: nn.Module, t: int) -> dict[str, torch.Tensor]:
     """The prior's weights with its time embedding at timestep ``t`` folded into the bias
     of every resnet's first convolution (diffusers adds ``time_emb_proj(silu(emb))`` right

@@ -188,3 +188,26 @@ def test_two_processes_give_the_single_process_gradients(tmp_path, mode):
 def test_batch_smaller_than_the_processes_is_a_clear_error():
     with pytest.raises(ValueError, match="multiple of the number of processes"):
         train_loop.shard(torch.zeros(1, 1, 4, 4), 0, 2)
+
+
+def test_train_starts_from_an_init_checkpoint_and_recovers_an_interrupted_write(tmp_path):
+    from idm_med.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["init", str(tmp_path / "init"), "--image-channels", "1", "--steps", "2"])
+    assert done.value.code == 0
+    cfg = _config(iterations=2, checkpoint_every=1, init=str(tmp_path / "init"))
+    train(cfg, tmp_path / "run", data=_data(), progress=False)
+    with pytest.raises(ValueError, match="steps=2"):
+        train(
+            _config(iterations=2, steps=3, init=str(tmp_path / "init")),
+            tmp_path / "bad",
+            data=_data(),
+            progress=False,
+        )
+    # A crash between moving the old checkpoint aside and renaming the new one in.
+    ckpt = tmp_path / "run" / "checkpoint"
+    ckpt.rename(ckpt.with_name(".checkpoint.old"))
+    cfg3 = _config(iterations=3, checkpoint_every=1, init=str(tmp_path / "init"))
+    resumed = train(cfg3, tmp_path / "run", data=_data(), resume=True, progress=False)
+    assert len(resumed.losses) == 3 and ckpt.is_dir()
