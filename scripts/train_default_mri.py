@@ -9,7 +9,9 @@ trained on axial slices of two average T1 heads that ship inside PyPI packages
 * pydeface's ``mean_reg2mean.nii.gz`` (all axial slices).
 
 Writes ``idm_med/pretrained/mri_4x`` (``IDM.from_pretrained``). The run checkpoints every
-100 steps; rerunning the script resumes from the last checkpoint.
+100 steps; rerunning the script resumes from the last checkpoint. (The shipped weights were
+made with the training loop before it moved to :mod:`idm_med.train_loop`; the recipe is the
+same, the patch sampling now that of :mod:`idm_med.patches`.)
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 import os
 from pathlib import Path
 
+from idm_med import train_loop
 from idm_med.training import TrainingConfig, load_training_images, train
 
 OUTPUT = Path(__file__).resolve().parents[1] / "idm_med" / "pretrained" / "mri_4x"
@@ -54,13 +57,18 @@ def main() -> None:
         steps=3,
         memory_mode="autograd",  # memory is not the constraint at 96²; autograd is fastest
         batch_size=4,
-        iterations=args.iterations,
-        learning_rate=5e-4,
-        halve_lr_every=400,
-        checkpoint_every=100,
-        seed=0,
+        loop=train_loop.LoopConfig(
+            iterations=args.iterations,
+            learning_rate=5e-4,
+            warmup=1,
+            halve_lr_every=400,
+            ema_decay=0.0,
+            checkpoint_every=100,
+            seed=0,
+        ),
     )
-    train(config, data, args.output, resume=True, progress=os.environ.get("CI") is None)
+    resume = (args.output / "checkpoint").is_dir()
+    train(config, args.output, data=data, resume=resume, progress=os.environ.get("CI") is None)
 
 
 if __name__ == "__main__":
