@@ -59,11 +59,17 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return _pointwise_norm(gradient(x)).sum(dim=(1, 2, 3, 4))
 
 
+def _device(operator: Operator) -> torch.device:
+    """Where the operator's buffers live (CPU for buffer-free operators)."""
+    buffer = next(iter(operator.buffers()), None)
+    return buffer.device if buffer is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def operator_norm(operator: Operator, n_iter: int = 30, seed: int = 0) -> float:
     """Spectral norm ``‖A‖`` by power iteration on ``AᵀA`` (float32, one random image)."""
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, *operator.image_shape, generator=gen)
+    x = torch.randn(1, *operator.image_shape, generator=gen).to(_device(operator))
     sigma2 = 0.0
     for _ in range(n_iter):
         x = x / torch.linalg.vector_norm(x)
@@ -110,7 +116,7 @@ def tv_least_squares(
     x = initial_estimate(y, operator)
     x_bar = x.clone()
     q = torch.zeros_like(y)
-    p = torch.zeros(*x.shape[:2], 2, *x.shape[2:], dtype=x.dtype)
+    p = torch.zeros(*x.shape[:2], 2, *x.shape[2:], dtype=x.dtype, device=x.device)
     # τσ‖K‖² < 1 with ‖K‖² ≤ 9. The primal variable is O(1) while the TV dual is bounded
     # by λ, so a large primal step pays: measured on 64² CS, c = 10-30 reaches in 300
     # iterations an objective that c = 1 does not reach in 1,000.
