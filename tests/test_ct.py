@@ -181,17 +181,18 @@ def test_direct_pinv_matches_numpy_pinv():
 
 def test_cg_pinv_warm_start_and_accuracy():
     # The iterative solver (large geometries) on a small case: κ(A) ≈ 1e4-1e8 on the row
-    # space, so CG reaches the data but not the image-space identities in 500 iterations.
+    # space, so at its defaults (1e-6, 200 iterations) CG reaches the data but not the
+    # image-space identities.
     op = SparseViewCT(24, 8, pinv="cg").double()
     exact = SparseViewCT(24, 8, pinv="direct").double()
     x = torch.rand(2, 1, 24, 24, generator=gen(8), dtype=torch.float64)
     y = op.A(x)
     x_cg = op.A_pinv(y)
-    assert rel(op.A(x_cg), y) < 1e-4  # measured 2e-6
-    assert rel(x_cg, exact.A_pinv(y)) < 0.1  # measured 4.4e-2
+    assert rel(op.A(x_cg), y) < 5e-4  # measured 6.1e-5
+    assert rel(x_cg, exact.A_pinv(y)) < 0.1  # measured 4.2e-2
     # The FBP warm start lies in the range of Aᵀ: its exact projection leaves it unchanged.
     start = op._cg_warm_start(y, *op.radon.linear_maps(torch.float64))
-    assert rel(exact.AtA(start), start) < 1e-6  # measured 1.6e-8
+    assert rel(exact.AtA(start), start) < 1e-6  # measured 1.7e-11
     assert rel(op.A(start), y) < 0.3  # measured 0.18 (Aᵀ y alone: 184)
 
 
