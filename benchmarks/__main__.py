@@ -14,6 +14,8 @@ SUITES = {
     "inpaint": "inpainting, 90% random pixels and a box (results/inpaint.md)",
     "superres": "super-resolution ×2 and ×4 (results/superres.md)",
     "diffusion": "A†y vs DDNM vs IDM from the prior vs from scratch (results/diffusion.md)",
+    "diffusion_mri": "A†y vs DDNM vs IDM on held-out MRI (results/diffusion_mri.md)",
+    "diffusion_ct": "FBP / A†y vs DDNM on held-out CT (results/diffusion_ct.md)",
     "tune": "tune the baselines per setting on validation images (results/tuning.json)",
     "operators": "time A, At and A_pinv of every operator (results/operators.md)",
     "memory": "training-step memory of the IDM modes over T (results/memory.md)",
