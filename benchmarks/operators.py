@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 from pathlib import Path
 
 import torch
@@ -146,9 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     rows = run(args.sizes, args.batches, args.min_run_time, args.ct_views, args.only)
-    command = "python -m benchmarks operators" + (
-        "" if argv is None else "".join(f" {a}" for a in argv)
-    )
+    command = "python -m benchmarks operators" + ("" if not argv else " " + shlex.join(argv))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.output.with_suffix(args.output.suffix + ".tmp")
     tmp.write_text(to_markdown(rows, command))
