@@ -37,8 +37,9 @@ from .patches import PatchSampler, corpus_sampler
 
 logger = logging.getLogger(__name__)
 
-#: Operators whose random parameters are redrawn every step (by seed).
-_PER_STEP_SEED = ("mri", "inpainting")
+#: Operators whose mask is redrawn every step (a seed drawn from the step's generator; the
+#: others draw nothing, so their batch stream does not depend on this list's members).
+_RANDOM_MASKS = ("mri", "inpainting")
 #: The layout keys of a diffusers UNet2DModel config that IDM's small backbone uses.
 _LAYOUT_KEYS = (
     "block_out_channels",
@@ -167,16 +168,18 @@ class OperatorPool:
 
     def __call__(self, generator: torch.Generator | None) -> Operator:
         """The operator of the step whose generator is ``generator`` (``None``: the first
-        setting with seed 0, e.g. the one stored with a checkpoint)."""
+        setting with seed 0, e.g. the one stored with a checkpoint): one operator per
+        setting, whose random mask is redrawn in place (``op.resample``) every step."""
         kwargs = self.kwargs(generator)
-        name = kwargs.pop("name")
-        if name in _PER_STEP_SEED:
-            seed = int(torch.randint(2**31 - 1, (1,), generator=generator)) if generator else 0
-            return make_operator(name, image_size=self.image_size, seed=seed, **kwargs)
         key = json.dumps(kwargs, sort_keys=True)
         if key not in self._cache:
+            name = kwargs.pop("name")
             self._cache[key] = make_operator(name, image_size=self.image_size, **kwargs)
-        return self._cache[key]
+        op = self._cache[key]
+        if op.name in _RANDOM_MASKS:
+            seed = int(torch.randint(2**31 - 1, (1,), generator=generator)) if generator else 0
+            op.resample(seed)
+        return op
 
 
 # -- starting points ---------------------------------------------------------------------
