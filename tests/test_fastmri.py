@@ -465,8 +465,10 @@ def test_narrow_multicoil_falls_back_to_rss_equivalent_maps(tmp_path: Path, capl
     pinv = torch.linalg.vector_norm(op.A_pinv(item.measurement.double()), dim=1)[0]
     kspace = torch.complex(item.measurement[0, :, 0], item.measurement[0, :, 1])
     zero_filled_rss = rss(ifft2c(kspace), dim=0)
-    # With the fallback maps A†y is exactly the zero-filled RSS image.
-    torch.testing.assert_close(pinv, zero_filled_rss.double(), rtol=1e-3, atol=1e-4)
+    # With the fallback maps A†y is exactly the zero-filled RSS image (up to the CG
+    # tolerance of the SENSE pseudo-inverse).
+    rel = (pinv - zero_filled_rss.double()).norm() / zero_filled_rss.double().norm()
+    assert float(rel) < 1e-3
 
 
 def test_sampled_centre_width_and_explicit_calib_width(tmp_path: Path) -> None:
