@@ -38,9 +38,14 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` → ``cuda`` when available, else ``cpu``; ``cuda`` must be available."""
+    """``auto`` → ``cuda`` when available (``cuda:LOCAL_RANK`` under ``accelerate launch``),
+    else ``cpu``; ``cuda`` must be available."""
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        import os
+
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA device is available (use cpu or auto)")
     return name
@@ -102,12 +107,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .runner import expand_inputs, reconstruct_one, summary_table
+    from .runner import expand_inputs, process_share, reconstruct_one, summary_table
 
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
-    inputs = expand_inputs(args.input)
-    many = len(inputs) > 1
+    all_inputs = expand_inputs(args.input)
+    many = len(all_inputs) > 1
+    inputs = process_share(all_inputs)
     if many and Path(args.output).suffix:
         raise ValueError(f"--output {args.output}: must be a folder for {len(inputs)} inputs")
     cache: dict = {}

@@ -10,6 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .cli_config import PARSERS as _PARSERS
+from .cli_config import apply_config_file, save_resolved_config
+
 logger = logging.getLogger(__name__)
 
 OPERATORS = ("mri", "gaussian_cs", "inpainting", "superres", "ct")
@@ -107,6 +110,7 @@ def _file_sampler(args: argparse.Namespace, size: int, channels: int) -> Any:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .prior import PretrainConfig, pretrain
 
+    args = apply_config_file(args, "pretrain")
     config = PretrainConfig(
         image_channels=args.image_channels,
         patch_size=args.patch_size,
@@ -118,6 +122,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     )
     sampler = _file_sampler(args, args.patch_size, args.image_channels)
     pretrain(config, args.output, sampler=sampler, resume=args.resume)
+    save_resolved_config(args)
     print(f"wrote prior {args.output}")
     return 0
 
@@ -186,6 +191,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .backbones import small_unet_config
     from .training import TrainingConfig, load_training_images, train
 
+    args = apply_config_file(args, "train")
     channels = (
         args.image_channels or _init_channels(args.init) or (2 if args.operator == "mri" else 1)
     )
@@ -212,6 +218,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         logger.info("training on %d images from files", len(data))
     result = train(config, args.output, data=data, resume=args.resume)
+    save_resolved_config(args)
     tail = result.losses[-50:] or [float("nan")]
     print(f"wrote {args.output} (final loss {sum(tail) / len(tail):.4f})")
     return 0
@@ -220,6 +227,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sr3(args: argparse.Namespace) -> int:
     from .sr3 import SR3Config, train_sr3
 
+    args = apply_config_file(args, "sr3")
     config = SR3Config(
         operator=operator_spec(args),
         image_size=args.image_size,
@@ -232,16 +240,22 @@ def cmd_sr3(args: argparse.Namespace) -> int:
     )
     sampler = _file_sampler(args, config.image_size, config.image_channels)
     train_sr3(config, args.output, sampler=sampler, resume=args.resume)
+    save_resolved_config(args)
     print(f"wrote SR3 model {args.output}")
     return 0
 
 
 # -- parsers ----------------------------------------------------------------------------------
 def _loop_args(p: argparse.ArgumentParser, iterations: int, lr: float, batch: int) -> None:
+    p.add_argument(
+        "--config",
+        help="YAML file of options (command-line options win); the "
+        "resolved options are written to OUTPUT/config.yaml",
+    )
     p.add_argument("--files", nargs="+", help="train on these images/volumes, not the corpus")
     p.add_argument("--unet-channels", type=int, nargs="+", help="UNet block widths")
     p.add_argument("--norm-groups", type=int, help="GroupNorm groups of the UNet")
-    p.add_argument("--output", required=True, help="model directory to write")
+    p.add_argument("--output", help="model directory to write (required)")
     p.add_argument("--iterations", type=int, default=iterations, help="optimiser steps")
     p.add_argument("--batch-size", type=int, default=batch, help="images per step (global)")
     p.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
@@ -326,6 +340,7 @@ def add_training_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     pre.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights")
     _loop_args(pre, 3000, 2e-4, 16)
     pre.set_defaults(func=cmd_pretrain)
+    _PARSERS["pretrain"] = pre
 
     smp = add("sample", help="draw images from a prior (DDPM or DDIM)")
     smp.add_argument("prior", help="prior directory")
@@ -375,9 +390,11 @@ def add_training_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     )
     _loop_args(tr, 1000, 5e-4, 4)
     tr.set_defaults(func=cmd_train)
+    _PARSERS["train"] = tr
 
     sr3 = add("sr3", help="train an SR3 conditional diffusion model on [x_t, A†y]")
     _measurement_choices(sr3)
     sr3.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights")
     _loop_args(sr3, 2000, 2e-4, 8)
     sr3.set_defaults(func=cmd_sr3)
+    _PARSERS["sr3"] = sr3

@@ -50,6 +50,20 @@ def expand_inputs(items: list[str]) -> list[Path]:
     return out
 
 
+def process_share(inputs: list[Path]) -> list[Path]:
+    """This process's inputs when launched several times (``accelerate launch`` /
+    ``torchrun`` set ``RANK`` and ``WORLD_SIZE``): volumes are dealt round-robin, so each
+    is reconstructed by exactly one process."""
+    import os
+
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        logger.info(
+            "process %d of %d: %d of %d inputs", rank, world, len(inputs[rank::world]), len(inputs)
+        )
+    return inputs[rank::world]
+
+
 def _method_for(fmt: str, args: argparse.Namespace, device: str, cache: dict):
     """The method object for one input (IDM models are loaded once per checkpoint)."""
     from .checkpoints import default_checkpoint

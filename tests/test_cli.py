@@ -335,3 +335,19 @@ def test_device_option():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA"):
             cli.resolve_device("cuda")
+
+
+def test_inputs_are_dealt_across_processes(monkeypatch):
+    from pathlib import Path
+
+    from idm_med.runner import process_share
+
+    inputs = [Path(f"v{i}.h5") for i in range(5)]
+    assert process_share(inputs) == inputs
+    shares = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        shares.append(process_share(inputs))
+    assert shares[0] == inputs[0::2] and shares[1] == inputs[1::2]
+    assert sorted(shares[0] + shares[1]) == sorted(inputs)

@@ -279,3 +279,36 @@ def test_ddnm_noise_aware_step_only_with_noise():
     soft = ddnm_sample(y, op, unet, steps=4, seed=0, noise_sigma=0.05)
     torch.testing.assert_close(op.A(hard), y, rtol=1e-10, atol=1e-10)  # fits the noise
     assert float((op.A(soft) - y).norm()) > 1e-3 * float(y.norm())  # does not
+
+
+def test_train_from_a_config_file_saves_the_resolved_config(tmp_path):
+    import yaml
+
+    from idm_med.cli import main
+    from idm_med.datasets.samples import sample_path
+
+    cfg = {
+        "operator": "superres",
+        "factor": [2],
+        "image-size": 16,
+        "steps": 2,
+        "files": [str(sample_path("natural/brick.png"))],
+        "unet_channels": [8, 16, 16],
+        "norm_groups": 4,
+        "batch_size": 2,
+        "iterations": 2,
+        "checkpoint_every": 2,
+        "warmup": 1,
+        "output": str(tmp_path / "run"),
+    }
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--config", str(tmp_path / "train.yaml"), "--iterations", "3"])
+    assert done.value.code == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["iterations"] == 3 and saved["image_size"] == 16  # the command line wins
+    assert saved["operator"] == "superres" and saved["output"] == str(tmp_path / "run")
+    (tmp_path / "bad.yaml").write_text("learning_rat: 0.1\n")
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--config", str(tmp_path / "bad.yaml"), "--output", str(tmp_path / "x")])
+    assert done.value.code != 0 and not (tmp_path / "x").exists()
