@@ -23,7 +23,11 @@ def _prior(directory: str):
 
 
 def ddnm_method(
-    prior: str | Path | None = None, steps: int = 100, eta: float = 0.85, seed: int = 0
+    prior: str | Path | None = None,
+    steps: int = 100,
+    eta: float = 0.85,
+    seed: int = 0,
+    progress: bool = False,
 ) -> Method:
     """DDNM (:func:`idm_med.ddnm.ddnm_sample`) on ``prior`` (default: the shipped prior for
     the operator's image channels)."""
@@ -34,18 +38,31 @@ def ddnm_method(
         directory = prior or prior_path(operator.image_shape[0])
         unet, scheduler, _ = _prior(str(directory))
         unet = unet.to(device=y.device, dtype=y.dtype)
-        return ddnm_sample(y, operator, unet, steps=steps, eta=eta, scheduler=scheduler, seed=seed)
+        return ddnm_sample(
+            y,
+            operator,
+            unet,
+            steps=steps,
+            eta=eta,
+            scheduler=scheduler,
+            seed=seed,
+            progress=progress,
+        )
 
     return run
 
 
-def sr3_method(model: str | Path, steps: int = 100, kind: str = "ddim", seed: int = 0) -> Method:
+def sr3_method(
+    model: str | Path, steps: int = 100, kind: str = "ddim", seed: int = 0, progress: bool = False
+) -> Method:
     """SR3 sampling (:func:`idm_med.sr3.sr3_sample`) with a trained SR3 directory."""
     from .sr3 import load_sr3, sr3_sample
 
     def run(y: torch.Tensor, operator: Operator) -> torch.Tensor:
         unet, scheduler, _ = load_sr3(model)
         unet = unet.to(device=y.device, dtype=y.dtype)
-        return sr3_sample(y, operator, unet, scheduler, steps=steps, kind=kind, seed=seed)
+        return sr3_sample(
+            y, operator, unet, scheduler, steps=steps, kind=kind, seed=seed, progress=progress
+        )
 
     return run

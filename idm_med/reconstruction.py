@@ -95,13 +95,16 @@ def make_method(
             the SR3 directory for ``"sr3"``.
         device: where the IDM model runs.
         allow_mismatch: run an IDM model on data it was not trained for (with a warning).
-        kwargs: passed to :func:`~idm_med.classical.tv_rnd_reconstruct` for ``"tv"``.
+        kwargs: passed to :func:`~idm_med.classical.tv_rnd_reconstruct` for ``"tv"``, to
+            :func:`~idm_med.diffusion_methods.ddnm_method` / ``sr3_method`` otherwise
+            (``progress=True`` shows the iterations inside each slice).
     """
     if name == "pinv":
         return lambda y, op: op.A_pinv(y)
     if name == "tv":
+        kwargs.setdefault("progress", False)
         return lambda y, op: tv_rnd_reconstruct(
-            y, op, complex_channels=op.image_shape[0] == 2, progress=False, **kwargs
+            y, op, complex_channels=op.image_shape[0] == 2, **kwargs
         )
     if name == "idm":
         if checkpoint is None:

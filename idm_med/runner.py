@@ -74,8 +74,14 @@ def _method_for(fmt: str, args: argparse.Namespace, device: str, cache: dict):
         checkpoint = default_checkpoint(OPERATOR_FAMILY.get(fmt, args.operator))
     key = (args.method, str(checkpoint))
     if key not in cache:
+        # Iterative methods show their iterations inside each slice (seconds to minutes).
+        extra = {"progress": True} if args.method in ("tv", "ddnm", "sr3") else {}
         cache[key] = make_method(
-            args.method, checkpoint=checkpoint, device=device, allow_mismatch=args.allow_mismatch
+            args.method,
+            checkpoint=checkpoint,
+            device=device,
+            allow_mismatch=args.allow_mismatch,
+            **extra,
         )
     return cache[key]
 
