@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,13 @@ def sense_pinv_factor(maps: torch.Tensor, mask: torch.Tensor, rtol: float) -> to
     if len(columns) == 0:
         return maps.new_zeros(height, width, 0, dtype=torch.complex128)
     systems = row_systems(maps.to(torch.complex128), columns)
-    u, s, vh = torch.linalg.svd(systems, full_matrices=False)
+    # Rows in chunks, so a large factorisation (a minute at 256² on a CPU) shows progress.
+    chunks = torch.split(systems, 16)
+    parts = [
+        torch.linalg.svd(c, full_matrices=False)
+        for c in tqdm(chunks, desc="SENSE factor", leave=False, disable=len(chunks) < 8)
+    ]
+    u, s, vh = (torch.cat(t) for t in zip(*parts, strict=True))
     cutoff = rtol * s.max()
     inverse = torch.where(s > cutoff, 1.0 / s.clamp_min(torch.finfo(s.dtype).tiny), 0.0)
     logger.debug(
