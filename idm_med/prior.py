@@ -56,6 +56,24 @@ def prior_unet_config(image_channels: int = 1, **overrides: Any) -> dict[str, An
     return cfg
 
 
+#: The layout keys of a prior's UNet2DModel config (what IDM's small backbone and SR3 copy).
+LAYOUT_KEYS = (
+    "block_out_channels",
+    "down_block_types",
+    "up_block_types",
+    "layers_per_block",
+    "attention_head_dim",
+    "norm_num_groups",
+    "norm_eps",
+    "act_fn",
+)
+
+
+def layout_of(unet: UNet2DModel) -> dict[str, Any]:
+    """The layout part of a prior's config (widths, block types, norms)."""
+    return {k: unet.config[k] for k in LAYOUT_KEYS if k in unet.config}
+
+
 def default_scheduler() -> DDPMScheduler:
     """DDPM's schedule: 1000 steps, linear β 1e-4 → 0.02, ε-prediction."""
     return DDPMScheduler(

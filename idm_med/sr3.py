@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from . import train_loop
 from .patches import corpus_sampler
-from .prior import default_scheduler, load_prior, prior_unet_config
+from .prior import default_scheduler, layout_of, load_prior, prior_unet_config
 from .sampling import make_scheduler, timestep
 
 logger = logging.getLogger(__name__)
@@ -65,15 +65,7 @@ def make_sr3_unet(config: SR3Config) -> UNet2DModel:
     cfg["in_channels"] = 2 * c
     if config.init:
         prior_unet, _, _ = load_prior(config.init)
-        layout = (
-            "block_out_channels",
-            "down_block_types",
-            "up_block_types",
-            "layers_per_block",
-            "attention_head_dim",
-            "norm_num_groups",
-        )
-        cfg.update({k: prior_unet.config[k] for k in layout})
+        cfg.update(layout_of(prior_unet))
     unet = UNet2DModel(**cfg)
     if config.init:
         state = prior_unet.state_dict()

@@ -40,17 +40,6 @@ logger = logging.getLogger(__name__)
 #: Operators whose mask is redrawn every step (a seed drawn from the step's generator; the
 #: others draw nothing, so their batch stream does not depend on this list's members).
 _RANDOM_MASKS = ("mri", "inpainting")
-#: The layout keys of a diffusers UNet2DModel config that IDM's small backbone uses.
-_LAYOUT_KEYS = (
-    "block_out_channels",
-    "down_block_types",
-    "up_block_types",
-    "layers_per_block",
-    "attention_head_dim",
-    "norm_num_groups",
-    "norm_eps",
-    "act_fn",
-)
 
 
 # -- data --------------------------------------------------------------------------------
@@ -226,10 +215,10 @@ def idm_from_prior(directory: str | Path, image_channels: int = 1, **kwargs: Any
     imaginary parts).
     """
     from .backbones import _adapt_channels
-    from .prior import load_prior
+    from .prior import layout_of, load_prior
 
     unet, scheduler, _ = load_prior(directory)
-    cfg = {k: unet.config[k] for k in _LAYOUT_KEYS if k in unet.config}
+    cfg = layout_of(unet)
     model = IDM(backbone=small_unet_config(**cfg), image_channels=image_channels, **kwargs)
     alpha0 = float(model.alphas_cumprod().detach()[(model.steps + 1) // 2])
     t = int(torch.argmin((scheduler.alphas_cumprod - alpha0).abs()))
