@@ -90,11 +90,19 @@ class ModelInfo:
         return config_is_multicoil(self.operator)
 
     def summary(self) -> dict[str, str]:
-        """One row of ``idm-med models``."""
-        op = self.operator
+        """One row of ``idm-med models`` (settings: every one the model was trained for)."""
+        op = dict(self.training.get("operator") or self.operator)
         settings = ", ".join(
             f"{k}={op[k]}"
-            for k in ("acceleration", "center_fraction", "ratio", "n_views")
+            for k in (
+                "acceleration",
+                "mask_type",
+                "center_fraction",
+                "ratio",
+                "missing_ratio",
+                "factor",
+                "n_views",
+            )
             if op.get(k) is not None
         )
         size = self.training.get("image_size") or op.get("image_size")
