@@ -22,7 +22,9 @@ import torch
 from idm_med import train_loop
 from idm_med.training import TrainingConfig, train
 
-PRIORS = {1: "idm_med/pretrained/prior_gray", 2: "idm_med/pretrained/prior_complex"}
+# The complex prior is not shipped yet: the gray one starts 2-channel models (conv_in/out
+# shared by the real and imaginary parts, see idm_from_prior).
+PRIORS = {1: "idm_med/pretrained/prior_gray", 2: "idm_med/pretrained/prior_gray"}
 PRESETS = {
     "mri": dict(
         operator={
