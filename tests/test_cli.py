@@ -262,7 +262,10 @@ def test_single_coil_model_refuses_multicoil_data(tmp_path, caplog):
     out = tmp_path / "out"
     assert _run("reconstruct", path, "--method", "idm", "--center-fraction", "0.5",
                 "--output", out) == 2  # fmt: skip
-    assert "single-coil model on multi-coil data" in caplog.text and "mri_4x" in caplog.text
+    from idm_med.checkpoints import default_checkpoint
+
+    default = default_checkpoint("mri").name
+    assert "single-coil model on multi-coil data" in caplog.text and default in caplog.text
     assert not out.exists()
 
 
@@ -286,8 +289,10 @@ def test_models_lists_the_shipped_model_and_resolves_names(capsys, caplog):
 
     assert resolve_checkpoint("mri_4x").name == "mri_4x"
     with caplog.at_level(logging.INFO):
-        assert default_checkpoint("mri").name == "mri_4x"
-    assert "mri_4x" in caplog.text
+        default = default_checkpoint("mri")
+    # The default for an operator is a trained shipped model of it, and the log says which.
+    assert default.parent.name == "pretrained" and default.name in caplog.text
+    assert default.name in {r["name"] for r in rows if r["operator"] == "mri"}
 
 
 def test_version_and_help(capsys):
