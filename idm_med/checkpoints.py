@@ -166,8 +166,10 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
 
 
 def default_checkpoint(operator_name: str) -> Path:
-    """The first shipped (then user) trained model for ``operator_name``; says which."""
-    for info in list_models():
+    """The shipped (then user) trained model for ``operator_name``, preferring one whose
+    ``model_card.json`` says ``"default": true`` (the best measured); says which."""
+    models = sorted(list_models(), key=lambda m: not m.card.get("default", False))
+    for info in models:
         if info.trained and info.operator.get("name") == operator_name and not info.multicoil:
             logger.info(
                 "--method idm: using the %s model %r (%s)",
