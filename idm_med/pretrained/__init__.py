@@ -29,3 +29,11 @@ def prior_path(image_channels: int = 1) -> Path:
             f"no shipped prior in {PRETRAINED_DIR} (train one: scripts/train_prior.py)"
         )
     return path
+
+
+def pretrained_path(name: str = "mri_4x") -> Path:
+    """Directory of a shipped checkpoint, for ``IDM.from_pretrained``."""
+    path = PRETRAINED_DIR / name
+    if not (path / "config.json").is_file():
+        raise ValueError(f"no shipped checkpoint {name!r}; available: {list_pretrained()}")
+    return path
