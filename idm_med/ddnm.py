@@ -35,15 +35,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .operators import noise_aware_projection, range_null_space_projection
+from .prior import default_scheduler
 from .sampling import denoiser, make_scheduler, timestep
 
 logger = logging.getLogger(__name__)
-
-
-def _default_scheduler(prior: object) -> SchedulerMixin:
-    from .prior import default_scheduler
-
-    return getattr(prior, "scheduler", None) or default_scheduler()
 
 
 @torch.no_grad()
@@ -79,7 +74,7 @@ def ddnm_sample(
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
     y = operator.check_measurement(y, "y")
     shape = (y.shape[0], *operator.image_shape)
-    sched = make_scheduler("ddim", scheduler or _default_scheduler(prior), steps)
+    sched = make_scheduler("ddim", scheduler or default_scheduler(), steps)
     eps_fn = denoiser(prior, shape[1])
     abar = sched.alphas_cumprod.to(torch.float64)
     gen = torch.Generator(device=y.device).manual_seed(int(seed))

@@ -136,7 +136,12 @@ def run(
     from accelerate import Accelerator
 
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    if not resume and output.is_dir() and any(output.iterdir()):
+        # A fresh run writes config, weights and logs here: never over someone's files.
+        raise FileExistsError(
+            f"{output} is not empty: pass resume=True (--resume) to continue the run there, "
+            "or choose a new output directory"
+        )
     settings = {"loop": asdict(config), **(settings or {})}
     ckpt = output / CHECKPOINT_DIR
     if recover_directory(ckpt):
@@ -148,8 +153,7 @@ def run(
     start, losses = 0, []
     if resume:
         start, losses = _resume(ckpt, model, ema, optimizer, settings)
-    elif (ckpt / STATE_FILE).exists():
-        raise FileExistsError(f"{ckpt} holds a checkpoint: pass resume=True (--resume)")
+    output.mkdir(parents=True, exist_ok=True)  # only once the run can start
     if accelerator.num_processes > 1:
         # No DDP wrapper: IDM's reversible backward writes .grad by hand, which DDP's
         # reducer does not expect; gradients are averaged explicitly in train_step.

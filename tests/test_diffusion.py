@@ -164,6 +164,7 @@ def test_sr3_starts_from_the_prior_and_samples(tmp_path):
     again = sr3_sample(y, op, model, sched, steps=4, seed=0)
     assert out.shape == x.shape
     torch.testing.assert_close(out, again, rtol=0, atol=0)
+    assert (out - op.A_pinv(y)).abs().max() > 1e-2  # it sampled, not returned A†y
 
 
 # -- command line -----------------------------------------------------------------------------

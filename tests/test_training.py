@@ -100,6 +100,12 @@ def test_resume_continues_exactly_and_refuses_other_settings(tmp_path):
         train(_config(), tmp_path / "empty", data=_data(), resume=True, progress=False)
     with pytest.raises(FileExistsError):  # a fresh run never overwrites a trained one
         train(_config(), part, data=_data(), progress=False)
+    user = tmp_path / "user"  # nor a folder of someone's files
+    user.mkdir()
+    (user / "config.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="not empty"):
+        train(_config(), user, data=_data(), progress=False)
+    assert (user / "config.json").read_text() == "{}" and len(list(user.iterdir())) == 1
 
 
 @pytest.mark.parametrize("channels", [1, 2])
