@@ -17,6 +17,7 @@ SUITES = {
     "diffusion_mri": "A†y vs DDNM vs IDM on held-out MRI (results/diffusion_mri.md)",
     "diffusion_ct": "FBP / A†y vs DDNM on held-out CT (results/diffusion_ct.md)",
     "tune": "tune the baselines per setting on validation images (results/tuning.json)",
+    "validate": "score an IDM checkpoint on the validation images against the tuned baselines",
     "operators": "time A, At and A_pinv of every operator (results/operators.md)",
     "memory": "training-step memory of the IDM modes over T (results/memory.md)",
     "speed": "reconstruction time of IDM (T=3) against DDNM (100 steps) (results/speed.md)",

@@ -29,21 +29,29 @@ TUNE_SIZE = 256
 MAX_VAL_SLICES = 2  # per validation source
 
 
+def validation_cases(suite: Suite, op, val: dict[str, list]) -> list[tuple]:
+    """``[(y, op, ground truth)]`` of the validation images ``val`` (``{source: images}``)
+    measured by ``op``; phases and other random parts are seeded apart from the test
+    images' so that tuning never sees a test case."""
+    images = [im for imgs in val.values() for im in imgs]
+    cases = []
+    for i, im in enumerate(images):
+        x = suite.encode(im, 1000 + i)
+        cases.append((op.A(x), op, suite.decode(x)))
+    return cases
+
+
 def tune_suite(
     suite: Suite, size: int, max_slices: int | None, settings: list[str] | None = None
 ) -> dict:
     """``{setting: {method: grid-search record}}`` of one suite on validation images."""
     val = data.images(suite.modality, "val", size, max_slices=max_slices)
-    images = [im for imgs in val.values() for im in imgs]
     out: dict = {}
     for setting in suite.settings:
         if settings is not None and setting.name not in settings:
             continue
         op = setting.make_operator(size)
-        cases = []
-        for i, im in enumerate(images):
-            x = suite.encode(im, 1000 + i)  # phases etc. seeded apart from the test images
-            cases.append((op.A(x), op, suite.decode(x)))
+        cases = validation_cases(suite, op, val)
 
         def score(ref, rec) -> float:
             return suite.score(ref[None], suite.decode(rec)[None])["psnr"]
