@@ -29,18 +29,6 @@ case). Hence :math:`v` is validated to lie strictly in :math:`(0, 1)` and
 :class:`ReversibleBlockGroup` keeps it in :math:`[v_{min}, 1 - v_{min}]`.
 :func:`invert_sequence` / :func:`inverse_reconstruction_error` measure this error.
 
-Gradients
----------
-With :math:`g_x, g_h` the gradients of the loss with respect to :math:`(x_{i+1}, h_{i+1})`
-and :math:`J_x, J_\theta` the Jacobians of :math:`f_i` with respect to its input and to the
-parameters :math:`\theta`:
-
-.. math::
-
-    \partial x_i &= g_h + J_x^\top (u_i\, g_x), \qquad \partial h_i = v_i\, g_x, \\
-    \partial v_i &= \langle g_x,\; h_i - f_i(x_i) \rangle, \qquad
-    \partial \theta \mathrel{+}= J_\theta^\top (u_i\, g_x) .
-
 Why
 ---
 Ordinary autograd stores every activation of every :math:`f_i`, so training memory grows
@@ -51,37 +39,25 @@ back-propagates one step at a time, so activation memory is O(1) in K (one step'
 a time) for about one extra forward pass of compute. ``mode="checkpoint"`` stores the K
 step inputs instead (O(K) tensors, no round-off); ``mode="autograd"`` stores everything.
 
-Assumptions of the reversible mode
-----------------------------------
-* The functions are deterministic given their input and the RNG state. The RNG state
-  (CPU, and CUDA for CUDA inputs) is recorded before every step and restored when the step
-  is recomputed, as ``torch.utils.checkpoint`` does with ``preserve_rng_state``, so
-  functions that draw random numbers from the global generators still recompute exactly;
-  anything else that changes between the passes (module state, batch-norm running
-  statistics in training mode, data-dependent non-determinism) gives wrong gradients.
-  ``check_recompute=True`` compares a per-step fingerprint and warns on a mismatch.
-  The autocast state of the forward pass is re-entered for the recomputation too.
-* Every tensor that requires grad and is used by the functions must be in ``params``;
-  other captured tensors (e.g. the measurement term ``A† y``) are treated as constants.
-* Double backward (``create_graph=True``) is not supported.
+The gradient formulas and the assumptions of the reversible mode (deterministic
+functions, every tensor requiring grad listed in ``params``) are in
+:mod:`idm_med.reversible_function`, which holds its autograd Function.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import warnings
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
+
+from .reversible_function import ReversibleCoupling, TensorFn, apply_step
 
 logger = logging.getLogger(__name__)
 
-TensorFn = Callable[[torch.Tensor], torch.Tensor]
 MODES = ("autograd", "checkpoint", "reversible")
 
 __all__ = [
@@ -153,17 +129,6 @@ def _validate(
         raise ValueError(f"h must have the shape of x {tuple(x.shape)}, got {tuple(h.shape)}")
 
 
-def _apply_f(f: TensorFn, x: torch.Tensor, i: int) -> torch.Tensor:
-    """Calls ``f_i(x)`` and checks the output keeps the shape of ``x``."""
-    fx = f(x)
-    if fx.shape != x.shape:
-        raise ValueError(
-            f"functions[{i}] must return the shape of its input {tuple(x.shape)}, "
-            f"got {tuple(fx.shape)}"
-        )
-    return fx
-
-
 def _unique_params(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Drops repeated tensors: each slot of ``Function.apply`` would receive the full grad."""
     seen: set[int] = set()
@@ -181,158 +146,8 @@ def _plain_loop(
     functions: Sequence[TensorFn], v: torch.Tensor, x: torch.Tensor, h: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     for i, f in enumerate(functions):
-        x, h = (1 - v[i]) * _apply_f(f, x, i) + v[i] * h, x
+        x, h = (1 - v[i]) * apply_step(f, x, i) + v[i] * h, x
     return x, h
-
-
-# --------------------------------------------------------------------------------------
-# RNG bookkeeping (same idea as torch.utils.checkpoint's preserve_rng_state)
-# --------------------------------------------------------------------------------------
-def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
-
-
-def _restore_rng(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
-
-
-def _fingerprint(t: torch.Tensor) -> torch.Tensor:
-    """A cheap per-step summary used by ``check_recompute`` (0-d float64 tensor)."""
-    return torch.linalg.vector_norm(t.detach().double())
-
-
-# --------------------------------------------------------------------------------------
-# The reversible autograd Function
-# --------------------------------------------------------------------------------------
-class _ReversibleCoupling(torch.autograd.Function):
-    """Forward without a graph; backward by inversion and per-step recomputation.
-
-    ``apply(functions, options, x, h, v, *params)``; params are passed through ``apply`` so
-    that autograd routes their gradients to whatever produced them (leaf parameters or,
-    e.g., a schedule computed from raw parameters).
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        functions: Sequence[TensorFn],
-        options: dict[str, Any],
-        x: torch.Tensor,
-        h: torch.Tensor,
-        v: torch.Tensor,
-        *params: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        device = x.device
-        rng_states = []
-        fingerprints = []
-        for i, f in enumerate(functions):  # grad is disabled inside Function.forward
-            if options["preserve_rng_state"]:
-                rng_states.append(_rng_state(device))
-            fx = _apply_f(f, x, i)
-            if options["check_recompute"]:
-                fingerprints.append(_fingerprint(fx))
-            x, h = (1 - v[i]) * fx + v[i] * h, x
-        if len(functions) == 1:  # h_1 would be the input x itself: outputs must be new
-            h = h.clone()
-        ctx.functions = functions
-        ctx.options = options
-        ctx.device = device
-        # The engine runs backward outside any autocast region: record it for the replay.
-        ctx.autocast = {
-            "device_type": device.type,
-            "enabled": torch.is_autocast_enabled(device.type),
-            "dtype": torch.get_autocast_dtype(device.type),
-        }
-        ctx.rng_states = rng_states
-        ctx.fingerprints = fingerprints
-        # Inputs (not activations): kept as attributes so saved-tensor hooks count only
-        # the two output states, and recomputation uses the very tensors f_i captures.
-        ctx.params = params
-        ctx.save_for_backward(x, h, v)
-        return x, h
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, g_x: torch.Tensor, g_h: torch.Tensor) -> tuple[Any, ...]:
-        x_next, h_next, v = ctx.saved_tensors
-        functions: Sequence[TensorFn] = ctx.functions
-        options = ctx.options
-        params = ctx.params
-        need_x, need_h, need_v = ctx.needs_input_grad[2:5]
-        need_p = ctx.needs_input_grad[5:]
-        grad_params: list[torch.Tensor | None] = [None] * len(params)
-        grad_v: list[torch.Tensor] = [v.new_zeros(())] * len(functions)
-        # Indices into params whose gradient is wanted; others are skipped in autograd.grad.
-        wanted = [j for j, need in enumerate(need_p) if need]
-
-        for i in reversed(range(len(functions))):
-            v_i = v[i]
-            u_i = 1 - v_i
-            want_x = i > 0 or need_x  # x_0's grad matters only to the caller
-            x_i = h_next.detach().requires_grad_(want_x)
-            inputs = ([x_i] if want_x else []) + [params[j] for j in wanted]
-            with torch.random.fork_rng(
-                devices=[ctx.device] if ctx.device.type == "cuda" else [],
-                enabled=options["preserve_rng_state"],
-            ):
-                if options["preserve_rng_state"]:
-                    _restore_rng(ctx.rng_states[i], ctx.device)
-                with torch.set_grad_enabled(bool(inputs)), torch.autocast(**ctx.autocast):
-                    f_out = _apply_f(functions[i], x_i, i)
-            if options["check_recompute"]:
-                _compare_fingerprint(ctx.fingerprints[i], f_out, i, options["check_rtol"])
-            f_val = f_out.detach()
-            h_i = (x_next - u_i * f_val) / v_i  # the inverse step
-
-            grads: Sequence[torch.Tensor | None] = [None] * len(inputs)
-            if inputs and f_out.requires_grad:
-                if options["accumulate_grad"]:
-                    # Add each parameter's gradient into its .grad as soon as the engine
-                    # produces it, instead of collecting a full-model copy per step.
-                    torch.autograd.backward(f_out, grad_tensors=u_i * g_x, inputs=inputs)
-                    grads = [x_i.grad] if want_x else []
-                else:
-                    grads = torch.autograd.grad(
-                        f_out, inputs, grad_outputs=u_i * g_x, allow_unused=True
-                    )
-            if need_v:
-                grad_v[i] = (g_x * (h_i - f_val)).sum()
-            offset = 1 if want_x else 0
-            if not options["accumulate_grad"]:
-                for k, j in enumerate(wanted):
-                    g = grads[offset + k]
-                    if g is not None:
-                        grad_params[j] = g if grad_params[j] is None else grad_params[j].add_(g)
-            g_fx = grads[0] if want_x else None
-            # Chain rule through the coupling (see module docstring).
-            g_x, g_h = (g_h if g_fx is None else g_h + g_fx), v_i * g_x
-            x_next, h_next = x_i.detach(), h_i
-
-        out_v = torch.stack(grad_v).to(v.dtype) if need_v else None
-        return (
-            None,
-            None,
-            g_x if need_x else None,
-            g_h if need_h else None,
-            out_v,
-            *grad_params,
-        )
-
-
-def _compare_fingerprint(stored: torch.Tensor, f_out: torch.Tensor, i: int, rtol: float) -> None:
-    now = _fingerprint(f_out)
-    rel = float((now - stored).abs() / stored.abs().clamp_min(1e-300))
-    if rel > rtol:
-        warnings.warn(
-            f"reversible coupling: recomputed functions[{i}] differs from the forward pass "
-            f"(relative change {rel:.3g} > {rtol:.3g}); the function is non-deterministic or "
-            "the inverse lost precision (v too small); gradients are inaccurate",
-            RuntimeWarning,
-            stacklevel=2,
-        )
 
 
 # --------------------------------------------------------------------------------------
@@ -401,7 +216,7 @@ def coupled_sequence(
         def step(
             f: TensorFn, i: int, x_i: torch.Tensor, h_i: torch.Tensor, v_i: torch.Tensor
         ) -> torch.Tensor:
-            return (1 - v_i) * _apply_f(f, x_i, i) + v_i * h_i
+            return (1 - v_i) * apply_step(f, x_i, i) + v_i * h_i
 
         for i, f in enumerate(functions):
             x_new = checkpoint(
@@ -426,7 +241,7 @@ def coupled_sequence(
         "check_rtol": check_rtol,
         "accumulate_grad": accumulate_grad,
     }
-    return _ReversibleCoupling.apply(list(functions), options, x, h, v, *uniq)
+    return ReversibleCoupling.apply(list(functions), options, x, h, v, *uniq)
 
 
 # --------------------------------------------------------------------------------------
@@ -440,7 +255,7 @@ def forward_states(
     _validate(functions, v, x, h, "autograd")
     states = [(x, h)]
     for i, f in enumerate(functions):
-        x, h = (1 - v[i]) * _apply_f(f, x, i) + v[i] * h, x
+        x, h = (1 - v[i]) * apply_step(f, x, i) + v[i] * h, x
         states.append((x, h))
     return states
 
@@ -460,7 +275,7 @@ def invert_sequence(
     x_next, h_next = x_K, h_K
     for i in reversed(range(len(functions))):
         x_i = h_next
-        h_i = (x_next - (1 - v[i]) * _apply_f(functions[i], x_i, i)) / v[i]
+        h_i = (x_next - (1 - v[i]) * apply_step(functions[i], x_i, i)) / v[i]
         states.append((x_i, h_i))
         x_next, h_next = x_i, h_i
     return states[::-1]
