@@ -72,6 +72,13 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--memory-mode", default="autograd")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--mixed-precision",
+        choices=["no", "bf16", "fp16"],
+        default="no",
+        help="bf16 autocast (CPUs with AVX-512 BF16, GPUs)",
+    )
+    parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -90,8 +97,9 @@ def main() -> None:
             warmup=50,
             halve_lr_every=max(1, args.iterations * 2 // 3),
             ema_decay=0.0,
-            checkpoint_every=100,
+            checkpoint_every=args.checkpoint_every,
             seed=0,
+            mixed_precision=args.mixed_precision,
         ),
     )
     train(config, args.output, resume=args.resume)
