@@ -1,27 +1,13 @@
-"""Noise estimators for IDM: diffusers UNets without a timestep, traversed by hand.
+"""IDM's noise estimator: a diffusers UNet without a timestep, traversed by hand.
 
 IDM's noise estimator maps an image batch ``(B, c_img, H, W)`` to a noise estimate ``ε`` of
 the same shape and receives **no timestep** (the noise level lives only in the learned
-schedule ᾱ). Two layouts are provided, both built from diffusers' own blocks (resnets,
-attentions, down/upsamplers are diffusers modules; only the traversal is ours):
-
-* :func:`sd_layout_config` – the paper's backbone: Stable Diffusion v1.5's
-  ``UNet2DConditionModel`` trimmed to its first two resolutions (320 and 640 channels,
-  down blocks 0–1, the matching up blocks, conv_in / conv_norm_out / conv_out), with no
-  time embedding, no mid block and no text cross-attention. Images are pixel-unshuffled by
-  2 (1 channel → SD's 4 input channels, 2 channels → 8) and the output shuffled back.
-* :func:`small_unet_config` – a small ``UNet2DModel`` (32, 64, 64 channels, attention at the
-  lowest resolution) for CPU, run at full resolution.
-
-How the time/text conditioning is removed (identically for both layouts):
-
-* ``time_proj`` / ``time_embedding`` are not kept and every ``ResnetBlock2D.time_emb_proj``
-  is set to ``None``; diffusers' resnet then skips the ``+ temb`` term and runs with
-  ``temb=None`` (only ``resnet_time_scale_shift="default"`` allows that).
-* In every ``BasicTransformerBlock`` the cross-attention ``attn2`` and its ``norm2`` are set
-  to ``None``; diffusers skips that branch, leaving self-attention (``attn1``) and the
-  feed-forward. The transformers are called with ``encoder_hidden_states=None``.
-* The mid block is dropped (configs use ``mid_block_type=None``).
+schedule ᾱ). It is built from diffusers' own blocks (resnets, attentions, down/upsamplers
+are diffusers modules; only the traversal is ours) in one of two layouts,
+:func:`sd_layout_config` (the paper's trimmed SD v1.5 UNet) or :func:`small_unet_config`
+(a small CPU UNet); :mod:`idm_med.backbone_layout` describes both, how the time/text
+conditioning is removed and where the injectors sit. :func:`idm_med.sd_unet.load_sd_unet`
+fills the SD layout from a local Stable Diffusion checkpoint.
 
 Our traversal (``conv_in → down blocks (collecting skips) → up blocks → conv_out``) lets
 :mod:`idm_med.injectors` hook in, and implements IDM's level-2 invertibility: with
@@ -31,132 +17,38 @@ output channels agree, injector, attention, injector) forms one coupling group
 run reversibly and shape-changing parts (resnets that change channels, down/upsamplers) under
 ``torch.utils.checkpoint``. Groups end at every skip connection, so skip tensors are the group
 outputs and stay in memory.
-
-Injector placement: one injector before and one after every attention; in blocks without
-attention (the small UNet's high-resolution blocks) one injector after the block's resnet
-group (after its last resnet, before the down/upsampler).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
-from diffusers.models.attention import BasicTransformerBlock
-from diffusers.models.downsampling import Downsample2D
 from diffusers.models.resnet import ResnetBlock2D
-from diffusers.models.upsampling import Upsample2D
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .backbone_layout import (
+    Layer,
+    jsonable,
+    plan_block,
+    sd_layout_config,
+    small_unet_config,
+    strip_conditioning,
+)
+from .channel_adapters import adapt_channels as _adapt_channels  # noqa: F401 (old name)
 from .injectors import InjectionSite, InjectorContext
+from .reversible import ReversibleBlockGroup
+
+__all__ = ["LEVEL2_MODES", "NoiseEstimator", "sd_layout_config", "small_unet_config"]
 
 logger = logging.getLogger(__name__)
 
 LEVEL2_MODES = ("autograd", "reversible")
-
-# Stable Diffusion v1.5 UNet (diffusers config) restricted to its first two resolutions.
-_SD15_TRIMMED: dict[str, Any] = dict(
-    sample_size=None,
-    block_out_channels=(320, 640),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    mid_block_type=None,
-    layers_per_block=2,
-    attention_head_dim=8,
-    cross_attention_dim=768,
-    norm_num_groups=32,
-    norm_eps=1e-5,
-    downsample_padding=1,
-    act_fn="silu",
-)
-
-_SMALL: dict[str, Any] = dict(
-    sample_size=None,
-    block_out_channels=(32, 64, 64),
-    down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-    mid_block_type=None,
-    layers_per_block=1,
-    attention_head_dim=8,
-    norm_num_groups=8,
-    norm_eps=1e-5,
-    act_fn="silu",
-)
-
-
-def sd_layout_config(**overrides: Any) -> dict[str, Any]:
-    """Backbone config of the paper's trimmed SD v1.5 UNet (``overrides`` go to diffusers).
-
-    At full size: 111,150,404 parameters for 1-channel images (111,173,448 for 2 channels),
-    plus 43 level-2 coupling scalars with ``invertible_blocks=True``.
-
-    Tests use e.g. ``sd_layout_config(block_out_channels=(32, 64), norm_num_groups=8)``.
-    """
-    return {"kind": "sd", "unet": {**_SD15_TRIMMED, **overrides}}
-
-
-def small_unet_config(**overrides: Any) -> dict[str, Any]:
-    """Backbone config of the small CPU ``UNet2DModel`` (``overrides`` go to diffusers).
-
-    Default: channels (32, 64, 64), one resnet per down block (two per up block), attention
-    (8-channel heads) only at the lowest resolution (1/4), no mid block, GroupNorm with 8
-    groups: 848,641 parameters for 1-channel images (849,218 for 2 channels), plus 22
-    level-2 coupling scalars with ``invertible_blocks=True``.
-    """
-    return {"kind": "small", "unet": {**_SMALL, **overrides}}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
-
-
-@dataclass
-class _Layer:
-    """One (resnet, attention?) layer of a block, with its injection sites and group."""
-
-    resnet: ResnetBlock2D
-    attention: nn.Module | None
-    transformer: bool  # Transformer2DModel (SD) vs plain diffusers Attention (UNet2DModel)
-    site_pre: int | None = None  # injector before the attention
-    site_post: int | None = None  # injector after the attention / after the resnet group
-    same_shape: bool = False  # resnet input channels == output channels (can be coupled)
-    group: int | None = None  # index into NoiseEstimator.groups
-    n_coupled: int = 0  # modules in the coupling group
-
-
-@dataclass
-class _Block:
-    layers: list[_Layer] = field(default_factory=list)
-    sampler: nn.Module | None = None
-
-
-def _strip_conditioning(module: nn.Module) -> None:
-    """Remove time embeddings and text cross-attention from diffusers blocks in place."""
-    for m in module.modules():
-        if isinstance(m, ResnetBlock2D):
-            if m.time_embedding_norm != "default":
-                raise ValueError(
-                    "resnets need resnet_time_scale_shift='default' to run without a timestep, "
-                    f"got {m.time_embedding_norm!r}"
-                )
-            m.time_emb_proj = None
-        elif isinstance(m, BasicTransformerBlock):
-            # attn2 is text cross-attention (keys/values from the 768-d text embedding).
-            m.attn2 = None
-            m.norm2 = None
-            m.only_cross_attention = False
 
 
 class NoiseEstimator(nn.Module):
@@ -198,10 +90,10 @@ class NoiseEstimator(nn.Module):
         )
         if unet_kwargs.get("mid_block_type") is not None:
             raise ValueError("IDM backbones have no mid block: set mid_block_type=None")
-        self.config = {"kind": kind, "unet": _jsonable(unet_kwargs)}
+        self.config = {"kind": kind, "unet": jsonable(unet_kwargs)}
         cls = UNet2DConditionModel if kind == "sd" else UNet2DModel
         unet = cls(**unet_kwargs)
-        _strip_conditioning(unet)
+        strip_conditioning(unet)
 
         # Keep only what the traversal uses; names match diffusers' state-dict keys.
         self.conv_in = unet.conv_in
@@ -214,16 +106,17 @@ class NoiseEstimator(nn.Module):
         del unet
 
         self.sites: list[InjectionSite] = []
+        s, n = self.unshuffle, len(self.up_blocks)
         self._down = [
-            self._plan_block(b, level, up=False) for level, b in enumerate(self.down_blocks)
+            plan_block(b, s * 2**level, False, self._add_site)
+            for level, b in enumerate(self.down_blocks)
         ]
-        n = len(self.up_blocks)
-        self._up = [self._plan_block(b, n - 1 - i, up=True) for i, b in enumerate(self.up_blocks)]
-
+        self._up = [
+            plan_block(b, s * 2 ** (n - 1 - i), True, self._add_site)
+            for i, b in enumerate(self.up_blocks)
+        ]
         self.groups = nn.ModuleList()
         if invertible_blocks:
-            from .reversible import ReversibleBlockGroup
-
             for layer in self._layers():
                 if layer.n_coupled:
                     layer.group = len(self.groups)
@@ -235,39 +128,6 @@ class NoiseEstimator(nn.Module):
                     )
 
     # -- construction ----------------------------------------------------------------
-    def _plan_block(self, block: nn.Module, level: int, up: bool) -> _Block:
-        factor = self.unshuffle * 2**level
-        resnets = list(block.resnets)
-        attentions = list(getattr(block, "attentions", None) or [None] * len(resnets))
-        plan = _Block()
-        for i, (resnet, attn) in enumerate(zip(resnets, attentions, strict=True)):
-            layer = _Layer(
-                resnet=resnet,
-                attention=attn,
-                transformer=attn is not None and hasattr(attn, "transformer_blocks"),
-                # Up-block resnets take [h, skip] concatenated, so they always change shape.
-                same_shape=not up and resnet.in_channels == resnet.out_channels,
-            )
-            channels = resnet.out_channels
-            if attn is not None:
-                layer.site_pre = self._add_site(channels, factor)
-                layer.site_post = self._add_site(channels, factor)
-            elif i == len(resnets) - 1:
-                layer.site_post = self._add_site(channels, factor)
-            layer.n_coupled = (
-                int(layer.same_shape)
-                + int(attn is not None)
-                + int(layer.site_pre is not None)
-                + int(layer.site_post is not None)
-            )
-            plan.layers.append(layer)
-        samplers = getattr(block, "downsamplers" if not up else "upsamplers", None)
-        if samplers is not None:
-            if len(samplers) != 1 or not isinstance(samplers[0], Downsample2D | Upsample2D):
-                raise ValueError("only conv Downsample2D/Upsample2D samplers are supported")
-            plan.sampler = samplers[0]
-        return plan
-
     def _add_site(self, channels: int, factor: int) -> int:
         if channels % (factor * factor):
             raise ValueError(
@@ -277,7 +137,7 @@ class NoiseEstimator(nn.Module):
         self.sites.append(InjectionSite(channels, factor))
         return len(self.sites) - 1
 
-    def _layers(self) -> list[_Layer]:
+    def _layers(self) -> list[Layer]:
         return [layer for b in self._down + self._up for layer in b.layers]
 
     # -- forward ---------------------------------------------------------------------
@@ -356,7 +216,7 @@ class NoiseEstimator(nn.Module):
 
     def _run_layer(
         self,
-        layer: _Layer,
+        layer: Layer,
         h: torch.Tensor,
         skip: torch.Tensor | None,
         injectors: Sequence[nn.Module] | None,
@@ -426,126 +286,3 @@ def _cat_resnet(resnet: ResnetBlock2D) -> Callable[[torch.Tensor, torch.Tensor],
         return resnet(torch.cat([h, skip], dim=1), None)
 
     return run
-
-
-# -- pretrained weights ----------------------------------------------------------------
-def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    for name in ("diffusion_pytorch_model.safetensors", "model.safetensors"):
-        if (directory / name).is_file():
-            return load_file(str(directory / name))
-    for name in ("diffusion_pytorch_model.bin", "pytorch_model.bin"):
-        if (directory / name).is_file():
-            return torch.load(directory / name, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(
-        f"no diffusion_pytorch_model.safetensors / .bin weights found in {directory}"
-    )
-
-
-def _adapt_channels(weight: torch.Tensor, dim: int, target: int) -> torch.Tensor | None:
-    """Adapt SD's 4-channel conv_in (dim=1) / conv_out (dim=0) to ``target`` channels.
-
-    For 2-channel (real, imaginary) images the unshuffled input has 8 channels: the 4
-    sub-pixels of the real part then the 4 of the imaginary part. conv_in's input filters
-    are copied for both parts and halved (an image with equal parts gives the pretrained
-    response); conv_out's output filters (and biases) are copied so each part gets the
-    pretrained noise estimate.
-    """
-    have = weight.shape[dim]
-    if have == target:
-        return weight
-    if target % have:
-        return None
-    reps = target // have
-    out = torch.cat([weight] * reps, dim=dim)
-    return out / reps if dim == 1 else out
-
-
-def load_sd_unet(
-    path: str | Path,
-    image_channels: int = 1,
-    invertible_blocks: bool = False,
-    **overrides: Any,
-) -> tuple[NoiseEstimator, dict[str, list[str]]]:
-    """Build the trimmed SD backbone from a local diffusers UNet directory.
-
-    ``path`` holds ``config.json`` and ``diffusion_pytorch_model.safetensors`` of either a full
-    SD UNet (any number of resolutions; only down blocks 0–1 and the last two up blocks are
-    used) or an already trimmed one. Nothing is downloaded. Weights are loaded where names
-    and shapes match (conv_in / conv_out adapted for 2-channel images, see
-    :func:`_adapt_channels`).
-
-    Returns:
-        ``(estimator, report)`` where ``report`` has the keys ``loaded``, ``dropped``
-        (checkpoint tensors not used: time embedding, mid block, deeper blocks, text
-        cross-attention), ``mismatched`` (same name, other shape) and ``missing``
-        (estimator tensors left at their initialisation).
-    """
-    directory = Path(path)
-    if (directory / "unet" / "config.json").is_file():
-        directory = directory / "unet"
-    cfg_file = directory / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{cfg_file} not found: expected a diffusers UNet directory")
-    src_cfg = json.loads(cfg_file.read_text())
-    n_down = len(src_cfg["block_out_channels"])
-    n_keep = min(2, n_down)
-    unet_cfg = {
-        k: src_cfg[k]
-        for k in (
-            "use_linear_projection",
-            "upcast_attention",
-            "layers_per_block",
-            "attention_head_dim",
-            "cross_attention_dim",
-            "norm_num_groups",
-            "norm_eps",
-            "downsample_padding",
-            "act_fn",
-        )
-        if k in src_cfg
-    }
-    unet_cfg.update(
-        block_out_channels=tuple(src_cfg["block_out_channels"][:n_keep]),
-        down_block_types=tuple(src_cfg["down_block_types"][:n_keep]),
-        up_block_types=tuple(src_cfg["up_block_types"][n_down - n_keep :]),
-        **overrides,
-    )
-    model = NoiseEstimator(sd_layout_config(**unet_cfg), image_channels, invertible_blocks)
-
-    source = _read_state_dict(directory)
-    target = model.state_dict()
-    renamed: dict[str, torch.Tensor] = {}
-    report: dict[str, list[str]] = {"loaded": [], "dropped": [], "mismatched": [], "missing": []}
-    for key, value in source.items():
-        parts = key.split(".")
-        new = key
-        if parts[0] == "up_blocks":
-            idx = int(parts[1]) - (n_down - n_keep)
-            new = ".".join(["up_blocks", str(idx), *parts[2:]]) if idx >= 0 else ""
-        if not new or new not in target:
-            report["dropped"].append(key)
-            continue
-        if key.startswith("conv_in.weight"):
-            value = _adapt_channels(value, 1, target[new].shape[1])
-        elif key.startswith("conv_out."):
-            value = _adapt_channels(value, 0, target[new].shape[0])
-        if value is None or value.shape != target[new].shape:
-            report["mismatched"].append(key)
-            continue
-        renamed[new] = value
-        report["loaded"].append(new)
-    report["missing"] = [k for k in target if k not in renamed]
-    model.load_state_dict(renamed, strict=False)
-    logger.info(
-        "loaded %d tensors from %s; dropped %d, mismatched %d, missing %d",
-        len(report["loaded"]),
-        directory,
-        len(report["dropped"]),
-        len(report["mismatched"]),
-        len(report["missing"]),
-    )
-    if report["mismatched"]:
-        logger.warning("shape mismatches (left at init): %s", report["mismatched"])
-    return model, report

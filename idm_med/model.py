@@ -391,10 +391,10 @@ class IDM(nn.Module, ConfigMixin):
     ) -> tuple[IDM, dict[str, list[str]]]:
         """IDM whose backbone is loaded from a local diffusers (SD) UNet directory.
 
-        See :func:`idm_med.backbones.load_sd_unet` (nothing is downloaded); ``kwargs`` go to
+        See :func:`idm_med.sd_unet.load_sd_unet` (nothing is downloaded); ``kwargs`` go to
         :class:`IDM`. Returns ``(model, load report)``.
         """
-        from .backbones import load_sd_unet
+        from .sd_unet import load_sd_unet
 
         invertible = kwargs.get("invertible_blocks", True)
         estimator, report = load_sd_unet(path, image_channels, invertible_blocks=invertible)

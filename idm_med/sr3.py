@@ -35,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import train_loop
+from .channel_adapters import adapt_channels
 from .patches import corpus_sampler
 from .prior import default_scheduler, layout_of, load_prior, prior_unet_config
 from .sampling import make_scheduler, timestep
@@ -69,14 +70,15 @@ def make_sr3_unet(config: SR3Config) -> UNet2DModel:
     unet = UNet2DModel(**cfg)
     if config.init:
         state = prior_unet.state_dict()
-        w = state["conv_in.weight"]  # (out, c_prior, k, k)
-        new = torch.zeros_like(unet.conv_in.weight)
-        new[:, :c] = w.repeat(1, c // w.shape[1], 1, 1) / (c // w.shape[1])
-        state["conv_in.weight"] = new
-        if state["conv_out.weight"].shape[0] != c:
-            reps = c // state["conv_out.weight"].shape[0]
-            state["conv_out.weight"] = state["conv_out.weight"].repeat(reps, 1, 1, 1)
-            state["conv_out.bias"] = state["conv_out.bias"].repeat(reps)
+        # The prior's conv_in (out, c_prior, k, k) takes the x_t channels; the A†y
+        # channels start at zero. conv_out is tiled to C channels.
+        x_t = adapt_channels(state["conv_in.weight"], 1, c)
+        outs = {k: adapt_channels(state[k], 0, c) for k in ("conv_out.weight", "conv_out.bias")}
+        if x_t is None or any(v is None for v in outs.values()):
+            raise ValueError(f"{config.init}: a prior's channels do not divide {c}")
+        state["conv_in.weight"] = torch.zeros_like(unet.conv_in.weight)
+        state["conv_in.weight"][:, :c] = x_t
+        state.update(outs)
         unet.load_state_dict(state)
     return unet
 

@@ -8,8 +8,9 @@ from diffusers import UNet2DConditionModel, UNet2DModel
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.resnet import ResnetBlock2D
 
-from idm_med.backbones import NoiseEstimator, load_sd_unet, sd_layout_config, small_unet_config
+from idm_med.backbones import NoiseEstimator, sd_layout_config, small_unet_config
 from idm_med.injectors import Injector, InjectorContext
+from idm_med.sd_unet import load_sd_unet
 
 SD_TINY = dict(block_out_channels=(16, 32), norm_num_groups=8, attention_head_dim=4)
 SMALL_TINY = dict(block_out_channels=(8, 16, 16), norm_num_groups=4)
@@ -190,3 +191,19 @@ def test_small_unet_is_a_unet2dmodel_without_time_embedding():
     )
     assert net.num_parameters() == sum(p.numel() for p in reference.parameters()) - removed
     assert all(m.time_emb_proj is None for m in net.modules() if isinstance(m, ResnetBlock2D))
+
+
+def test_adapt_channels_tiles_and_halves_input_filters():
+    from idm_med.channel_adapters import adapt_channels
+
+    w = torch.arange(2 * 3 * 1 * 1, dtype=torch.float64).reshape(2, 3, 1, 1)
+    same = adapt_channels(w, 1, 3)
+    assert same is w
+    wide = adapt_channels(w, 1, 6)
+    torch.testing.assert_close(wide, torch.cat([w, w], 1) / 2, rtol=0, atol=0)
+    # An input with equal parts gives the original filter response.
+    x = torch.rand(3, dtype=torch.float64)
+    torch.testing.assert_close(wide[:, :, 0, 0] @ torch.cat([x, x]), w[:, :, 0, 0] @ x)
+    bias = torch.tensor([1.0, -2.0])
+    torch.testing.assert_close(adapt_channels(bias, 0, 4), torch.tensor([1.0, -2.0, 1.0, -2.0]))
+    assert adapt_channels(w, 1, 4) is None  # 4 is not a multiple of 3
