@@ -46,7 +46,7 @@ def decode(x: torch.Tensor) -> np.ndarray:
 
 @cache
 def _coil_maps(size: int) -> torch.Tensor:
-    from idm_med.datasets.coils import synthetic_coil_maps
+    from idm_med.acquisition.coils import synthetic_coil_maps
 
     return synthetic_coil_maps(NUM_COILS, (size, size))
 

@@ -49,7 +49,7 @@ def benchmark_cases(size: int, ct_views: int = 60) -> dict[str, tuple[str, dict]
         ),
     }
     if "mri" in available_operators():
-        from idm_med.datasets.coils import synthetic_coil_maps
+        from idm_med.acquisition.coils import synthetic_coil_maps
 
         cases["mri 8 coils"][1]["coil_maps"] = synthetic_coil_maps(8, (size, size))
         cases["mri 8 coils 8x"][1]["coil_maps"] = cases["mri 8 coils"][1]["coil_maps"]

@@ -12,7 +12,7 @@ splits:
 MRI volumes are split by volume, never by slice, so no test slice has a neighbour (or the
 same voxels in another orientation) in training. Images are returned as 2-D float32 arrays
 scaled to ``[0, 1]`` (CT: normalised attenuation from HU, the convention of the DICOM
-pipeline, :func:`idm_med.datasets.dicom.hu_to_attenuation`).
+pipeline, :func:`idm_med.acquisition.ct.hu_to_attenuation`).
 
 Example::
 
@@ -174,7 +174,7 @@ def _pydicom_ct(name: str) -> Callable[[], list[np.ndarray]]:
         import pydicom
         from pydicom.data import get_testdata_file
 
-        from .dicom import hu_to_attenuation
+        from ..acquisition.ct import hu_to_attenuation  # the one HU convention
 
         ds = pydicom.dcmread(get_testdata_file(name, download=False))
         hu = ds.pixel_array.astype(np.float64) * float(getattr(ds, "RescaleSlope", 1.0))

@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 
 from . import metrics
+from .acquisition.mri import simulate_targets
 from .datasets import fastmri
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def read_target(path: str | Path, challenge: str | None = None) -> np.ndarray:
             raise ValueError(f"{path}: neither a target dataset nor k-space")
         kspace = np.asarray(f[fastmri.KSPACE_KEY][()])
     crop = fastmri.read_volume_info(path).crop_size
-    return np.asarray(fastmri.simulate_targets(kspace, crop), dtype=np.float64)
+    return np.asarray(simulate_targets(kspace, crop), dtype=np.float64)
 
 
 def evaluate_folder(

@@ -8,7 +8,7 @@ All functions take a ground truth ``gt`` and a reconstruction ``pred`` of the sa
   SSIM with a 7×7 window per slice, averaged over slices.
 * CT (:func:`ct_metrics`): PSNR and SSIM in Hounsfield units over a stated display window
   (both images clipped to ``[lo, hi]`` HU, data range ``hi − lo``), plus PSNR/SSIM on the
-  normalised attenuation scale ``[0, 1]`` (:func:`idm_med.datasets.dicom.hu_to_attenuation`)
+  normalised attenuation scale ``[0, 1]`` (:func:`idm_med.acquisition.ct.hu_to_attenuation`)
   with data range 1.
 * Natural images (:func:`luma_metrics`): PSNR/SSIM of the BT.601 luma ``Y`` of YCbCr on
   ``[0, 1]`` (data range 1); RGB images are converted first, grey images are their luma.
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from .datasets.dicom import attenuation_to_hu
+from .acquisition.ct import attenuation_to_hu
 
 
 def _as_numpy(a) -> np.ndarray:

@@ -10,6 +10,10 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .acquisition import MeasurementSettings
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +32,7 @@ def format_metrics(name: str, values: dict[str, float]) -> str:
 def expand_inputs(items: list[str]) -> list[Path]:
     """Files, DICOM series folders, folders of inputs (one level) and glob patterns →
     the list of volumes to reconstruct, in order."""
-    from .reconstruction import FORMATS, get_format
+    from .datasets.readers import DicomReader, find_reader, select_reader
 
     out: list[Path] = []
     for item in items:
@@ -39,13 +43,13 @@ def expand_inputs(items: list[str]) -> list[Path]:
             out += matches
             continue
         path = Path(item)
-        if path.is_dir() and not FORMATS[-1].verify(path):  # a folder of inputs
-            found = [p for p in sorted(path.iterdir()) if any(f.verify(p) for f in FORMATS)]
+        if path.is_dir() and not DicomReader().verify_suffix(path):  # a folder of inputs
+            found = [p for p in sorted(path.iterdir()) if find_reader(p) is not None]
             if not found:
                 raise ValueError(f"{path}: no fastMRI, NIfTI, image file or DICOM series in it")
             out += found
             continue
-        get_format(path)  # a clear message for a missing or unknown input
+        select_reader(path)  # a clear message for a missing or unknown input
         out.append(path)
     return out
 
@@ -66,8 +70,8 @@ def process_share(inputs: list[Path]) -> list[Path]:
 
 def _method_for(fmt: str, args: argparse.Namespace, device: str, cache: dict):
     """The method object for one input (IDM models are loaded once per checkpoint)."""
+    from . import methods
     from .checkpoints import default_checkpoint
-    from .reconstruction import make_method
 
     checkpoint = args.checkpoint
     if args.method == "idm" and checkpoint is None:
@@ -76,7 +80,7 @@ def _method_for(fmt: str, args: argparse.Namespace, device: str, cache: dict):
     if key not in cache:
         # Iterative methods show their iterations inside each slice (seconds to minutes).
         extra = {"progress": True} if args.method in ("tv", "ddnm", "sr3") else {}
-        cache[key] = make_method(
+        cache[key] = methods.make_method(
             args.method,
             checkpoint=checkpoint,
             device=device,
@@ -86,46 +90,32 @@ def _method_for(fmt: str, args: argparse.Namespace, device: str, cache: dict):
     return cache[key]
 
 
-def _run_pipeline(fmt: str, path: Path, target: Path, method, args, device: str):
-    from . import reconstruction as rec
-    from .cli import _operator_kwargs as operator_kwargs
+def measurement_settings(args: argparse.Namespace) -> MeasurementSettings:
+    """The measurement options of ``idm-med reconstruct`` (every input kind reads the
+    ones it needs)."""
+    from .acquisition import MeasurementSettings
 
-    common = {"device": device, "overwrite": args.overwrite}
-    batched = {**common, "batch_size": args.batch_size}
-    run = {
-        "fastmri": lambda: rec.reconstruct_fastmri(
-            path,
-            target,
-            method,
-            args.acceleration,
-            args.center_fraction,
-            args.mask_type,
-            calib_width=args.calib_width,
-            **batched,
-        ),
-        "dicom": lambda: rec.reconstruct_dicom(
-            path, target, method, n_views=args.n_views, seed=args.seed, **batched
-        ),
-        "nifti": lambda: rec.reconstruct_nifti(
-            path,
-            target,
-            method,
-            axis=args.axis,
-            acceleration=args.acceleration,
-            center_fraction=args.center_fraction,
-            seed=args.seed,
-            **batched,
-        ),
-        "image": lambda: rec.reconstruct_image(
-            path,
-            target,
-            method,
-            args.operator,
-            **common,
-            **operator_kwargs(args, args.operator),
-        ),
-    }
-    return run[fmt]()
+    return MeasurementSettings(
+        acceleration=args.acceleration,
+        center_fraction=args.center_fraction,
+        mask_type=args.mask_type,
+        calib_width=args.calib_width,
+        n_views=args.n_views,
+        seed=args.seed,
+        axis=args.axis,
+        operator=args.operator,
+        operator_kwargs=operator_kwargs(args, args.operator),
+    )
+
+
+def operator_kwargs(args: argparse.Namespace, name: str) -> dict:
+    """Operator arguments (besides the image size) of an image operator from the
+    measurement options."""
+    return {
+        "gaussian_cs": {"ratio": args.ratio},
+        "inpainting": {"missing_ratio": args.ratio},
+        "superres": {"factor": args.factor},
+    }[name]
 
 
 def _preview_path(args: argparse.Namespace, path: Path, many: bool) -> Path | None:
@@ -139,10 +129,12 @@ def reconstruct_one(path: Path, args: argparse.Namespace, device: str, cache: di
     """Reconstruct one input; write the result, ``<output>.metrics.json`` and the preview.
     Returns the summary row."""
     from .datasets.atomic import atomic_write_text, check_output
+    from .datasets.readers import select_reader
     from .figures import save_preview
-    from .reconstruction import default_output, get_format
+    from .pipeline import reconstruct
+    from .reconstruction import default_output
 
-    fmt = get_format(path).name
+    fmt = select_reader(path).name
     target = default_output(path, args.output, args.method)
     report = target.with_name(target.name + ".metrics.json")
     preview = _preview_path(args, path, many)
@@ -151,7 +143,15 @@ def reconstruct_one(path: Path, args: argparse.Namespace, device: str, cache: di
             check_output(out, [path], args.overwrite)
     existed = target.exists()
     method = _method_for(fmt, args, device, cache)
-    result = _run_pipeline(fmt, path, target, method, args, device)
+    result = reconstruct(
+        path,
+        target,
+        method,
+        measurement_settings(args),
+        batch_size=args.batch_size,
+        device=device,
+        overwrite=args.overwrite,
+    )
     try:
         payload = {
             "input": str(path),

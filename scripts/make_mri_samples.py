@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from idm_med.datasets.coils import fft2c, synthetic_coil_maps
-from idm_med.datasets.fastmri import simulate_targets, write_fastmri_file
+from idm_med.acquisition.coils import fft2c, synthetic_coil_maps
+from idm_med.acquisition.mri import simulate_targets
+from idm_med.datasets.fastmri import write_fastmri_file
 from idm_med.datasets.nifti import write_nifti
 
 logger = logging.getLogger("make_mri_samples")

@@ -10,7 +10,7 @@ from idm_med.operators import available_operators, make_operator
 
 def _coil_maps(num_coils: int, size: int) -> torch.Tensor:
     """Smooth synthetic coil sensitivities, normalised so that Σ|S_c|² = 1."""
-    from idm_med.datasets.coils import synthetic_coil_maps
+    from idm_med.acquisition.coils import synthetic_coil_maps
 
     return torch.as_tensor(synthetic_coil_maps(num_coils, (size, size)))
 

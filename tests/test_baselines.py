@@ -158,7 +158,7 @@ def test_cfl_round_trip(tmp_path) -> None:
 @pytest.mark.skipif(shutil.which("bart") is None, reason="bart binary not on PATH")
 @pytest.mark.parametrize("coils", [None, 4])
 def test_bart_pics_inverts_fully_sampled_data(coils) -> None:
-    from idm_med.datasets.coils import synthetic_coil_maps
+    from idm_med.acquisition.coils import synthetic_coil_maps
 
     x = torch.cat([_blobs(32), 0.5 * _blobs(32, seed=1)], dim=1)
     maps = synthetic_coil_maps(coils, (32, 32)) if coils else None

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from idm_med import cli, reconstruction
+from idm_med import cli, methods, reconstruction
+from idm_med.acquisition import attenuation_to_hu, simulate_targets
 from idm_med.datasets import atomic, fastmri, images, nifti
-from idm_med.datasets.coils import fft2c
 from idm_med.datasets.samples import sample_path
 from idm_med.operators import make_operator
+from idm_med.operators.mri import fft2c
 
 
 def _run(*argv: str) -> int:
@@ -40,7 +41,7 @@ def h5(tmp_path: Path) -> Path:
     image = np.zeros((2, 32, 32), np.complex64)
     image[:, 8:24, 6:26] = 1 + rng.random((2, 16, 20))
     kspace = fft2c(torch.from_numpy(image))
-    target = fastmri.simulate_targets(kspace, (32, 32))
+    target = simulate_targets(kspace, (32, 32))
     folder = tmp_path / "data"
     return fastmri.write_fastmri_file(folder / "vol.h5", kspace, target=target)
 
@@ -103,7 +104,7 @@ def test_written_series_holds_the_method_output(tmp_path, series):
     c = 0.25
     res = reconstruction.reconstruct_dicom(series, tmp_path / "o", _constant(c), n_views=8)
     back = dicom.read_dicom_series(res.output)
-    expected = dicom.attenuation_to_hu(np.full(back.hu.shape, c, np.float32))
+    expected = attenuation_to_hu(np.full(back.hu.shape, c, np.float32))
     np.testing.assert_allclose(back.hu, expected, atol=1.0)
 
 
@@ -206,7 +207,7 @@ def test_failing_method_and_ctrl_c_leave_nothing(tmp_path, monkeypatch, h5, capl
             raise KeyboardInterrupt
         return op.A_pinv(y)
 
-    monkeypatch.setattr(reconstruction, "make_method", lambda *a, **k: interrupted)
+    monkeypatch.setattr(methods, "make_method", lambda *a, **k: interrupted)
     assert _run("reconstruct", h5, "--output", tmp_path / "out") == 130
     assert "interrupted" in caplog.text and _tree(tmp_path) == before
     assert not (tmp_path / "out").exists()
@@ -250,15 +251,13 @@ def test_unwritable_output_is_one_line(tmp_path, monkeypatch, png, caplog):
 
 # -- model / data mismatch (defect 5) ----------------------------------------------------
 def test_single_coil_model_refuses_multicoil_data(tmp_path, caplog):
-    from idm_med.datasets.coils import synthetic_coil_maps
+    from idm_med.acquisition.coils import synthetic_coil_maps
 
     maps = synthetic_coil_maps(4, (32, 32))
     image = torch.zeros(32, 32, dtype=torch.complex64)
     image[8:24, 8:24] = 1
     k = fft2c(maps * image).unsqueeze(0)
-    path = fastmri.write_fastmri_file(
-        tmp_path / "mc.h5", k, target=fastmri.simulate_targets(k, (32, 32))
-    )
+    path = fastmri.write_fastmri_file(tmp_path / "mc.h5", k, target=simulate_targets(k, (32, 32)))
     out = tmp_path / "out"
     assert _run("reconstruct", path, "--method", "idm", "--center-fraction", "0.5",
                 "--output", out) == 2  # fmt: skip
@@ -356,3 +355,38 @@ def test_inputs_are_dealt_across_processes(monkeypatch):
         shares.append(process_share(inputs))
     assert shares[0] == inputs[0::2] and shares[1] == inputs[1::2]
     assert sorted(shares[0] + shares[1]) == sorted(inputs)
+
+
+def test_readers_are_chosen_by_suffix_or_content(tmp_path, h5, png, nii, series):
+    from idm_med.datasets import readers
+
+    for path, name in ((h5, "fastmri"), (png, "image"), (nii, "nifti"), (series, "dicom")):
+        reader = readers.select_reader(path)
+        assert reader.name == name and isinstance(reader, readers.ImageReader)
+        assert [r.name for r in readers.READERS if r.verify_suffix(path)] == [name]
+    volume, meta = readers.FastMRIReader().get_data(readers.FastMRIReader().read(h5))
+    assert len(volume) == meta["num_slices"] == 2 and meta["crop_size"] == (32, 32)
+    data, meta = readers.NiftiReader().get_data(readers.NiftiReader().read(nii))
+    assert data.shape == (16, 16, 2) and meta["voxel_size"] == (2.0, 2.0, 3.0)
+    assert readers.reader_for_name(tmp_path / "x.nii.gz").name == "nifti"
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        (tmp_path / "notes.txt").write_text("x")
+        readers.select_reader(tmp_path / "notes.txt")
+
+
+def test_ct_pipeline_solves_the_pseudo_inverse_once_per_slice(tmp_path, monkeypatch, series):
+    """The CT pseudo-inverse is a CG solve: the pipeline computes A†y once per batch of
+    slices and the method's own ``op.A_pinv(y)`` reuses it."""
+    op_class = type(make_operator("ct", image_size=16, n_views=8))
+    real, calls = op_class.A_pinv, []
+
+    def counting(self, y):
+        calls.append(y.shape[0])
+        return real(self, y)
+
+    monkeypatch.setattr(op_class, "A_pinv", counting)
+    res = reconstruction.reconstruct_dicom(
+        series, tmp_path / "o", lambda y, op: 0.5 * op.A_pinv(y), n_views=8, batch_size=2
+    )
+    assert len(res.reconstruction) == 4 and calls == [2, 2]  # one solve per batch of 2
+    np.testing.assert_allclose(res.reconstruction, 0.5 * res.pinv, rtol=1e-5, atol=1e-6)

@@ -14,14 +14,12 @@ import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from idm_med.acquisition.ct import attenuation_to_hu, hu_to_attenuation, simulate_sparse_view
 from idm_med.datasets import dicom
 from idm_med.datasets.dicom import (
     CTVolume,
-    attenuation_to_hu,
     hu_rescale,
-    hu_to_attenuation,
     read_dicom_series,
-    simulate_sparse_view,
     write_dicom_series,
 )
 
@@ -470,3 +468,34 @@ def test_dicomdir_and_other_files_skipped(tmp_path: Path) -> None:
         (tmp_path / "s" / "DICOMDIR").write_bytes(Path(dicomdir).read_bytes())
     vol = read_dicom_series(tmp_path / "s")
     assert vol.series_uid == uid and vol.shape == (2, 8, 8)
+
+
+def test_fan_beam_distances_in_the_metadata(tmp_path: Path) -> None:
+    """DistanceSourceToDetector (0018,1110) / DistanceSourceToPatient (0018,1111) come
+    through the reader (mm), and are None when the files lack them."""
+    from idm_med.datasets.readers import DicomReader, select_reader
+
+    make_series(tmp_path / "plain", 2, (8, 8))
+    reader = select_reader(tmp_path / "plain")
+    assert isinstance(reader, DicomReader)
+    hu, meta = reader.get_data(reader.read(tmp_path / "plain"))
+    assert hu.shape == (2, 8, 8)
+    assert meta["distance_source_to_detector"] is None
+    assert meta["distance_source_to_patient"] is None
+
+    make_series(tmp_path / "fan", 2, (8, 8))
+    for f in (tmp_path / "fan").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.DistanceSourceToDetector = "1085.6"
+        ds.DistanceSourceToPatient = "595"
+        ds.save_as(f)
+    volume = read_dicom_series(tmp_path / "fan")
+    assert volume.distance_source_to_detector == pytest.approx(1085.6)
+    assert volume.distance_source_to_patient == pytest.approx(595.0)
+    _, meta = reader.get_data(volume)
+    assert meta["distance_source_to_detector"] == pytest.approx(1085.6)
+    assert meta["distance_source_to_patient"] == pytest.approx(595.0)
+    np.testing.assert_array_equal(meta["affine"], volume.affine)
+    # A derived volume (another in-plane size) keeps the scan geometry.
+    half = volume.with_hu(volume.hu[:, ::2, ::2])
+    assert half.distance_source_to_detector == volume.distance_source_to_detector

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from idm_med import cli, metrics
+from idm_med.acquisition.mri import simulate_targets
 from idm_med.datasets import fastmri
 from idm_med.evaluate import evaluate_folder, read_target
 
@@ -31,7 +32,7 @@ def folders(tmp_path):
     expected = {}
     for i, coils in enumerate([None, 3]):
         k = _kspace(i, coils)
-        tgt = fastmri.simulate_targets(torch.from_numpy(k), (12, 12))
+        tgt = simulate_targets(torch.from_numpy(k), (12, 12))
         name = f"vol{i}.h5"
         fastmri.write_fastmri_file(targets / name, k, target=tgt)
         pred = np.abs(tgt + 0.05 * rng.standard_normal(tgt.shape)).astype(np.float32)  # magnitude
@@ -40,7 +41,7 @@ def folders(tmp_path):
     # A k-space-only target: the reference comes from the fully sampled k-space.
     k = _kspace(5)
     fastmri.write_fastmri_file(targets / "raw.h5", k, recon_size=(12, 12))
-    tgt = fastmri.simulate_targets(torch.from_numpy(k), (12, 12))
+    tgt = simulate_targets(torch.from_numpy(k), (12, 12))
     fastmri.write_reconstruction(preds / "raw.h5", 0.9 * tgt)
     expected["raw.h5"] = metrics.evaluate(tgt, 0.9 * tgt)
     return targets, preds, expected

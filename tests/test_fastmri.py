@@ -1,4 +1,5 @@
-"""fastMRI .h5 reading/writing, the slice dataset, the volume iterator and coil tools."""
+"""fastMRI .h5 reading/writing, the acquisition of its slices (masks, coil maps) and coil
+tools."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from idm_med.datasets.coils import (
+from idm_med.acquisition.coils import (
     coil_combine,
     estimate_coil_maps,
     fft2c,
@@ -20,18 +21,16 @@ from idm_med.datasets.coils import (
     synthetic_coil_maps,
     zero_filled_maps,
 )
+from idm_med.acquisition.mri import iter_volume, simulate_targets, to_channels
 from idm_med.datasets.fastmri import (
     FastMRIFileError,
-    FastMRISliceDataset,
     FastMRIVolume,
     center_crop,
-    iter_volume,
     make_ismrmrd_header,
     parse_ismrmrd_header,
     read_slice,
     read_volume_info,
     reconstruction_path,
-    simulate_targets,
     write_fastmri_file,
     write_reconstruction,
 )
@@ -272,55 +271,38 @@ def test_center_crop_matches_fastmri_convention() -> None:
     assert torch.equal(center_crop(x, (7, 9)), x)
 
 
-# -- dataset and masks -----------------------------------------------------------------
-def test_dataset_masks_seeded_from_file_name(tmp_path: Path, singlecoil) -> None:
+# -- masks and measurements (idm_med.acquisition.mri) -----------------------------------
+def test_masks_seeded_from_file_name(tmp_path: Path, singlecoil) -> None:
     path = singlecoil[0]
     other = tmp_path / "file_other.h5"
     shutil.copy(path, other)
-    a = FastMRISliceDataset(path, acceleration=4, center_fraction=0.125)
-    b = FastMRISliceDataset([path, other], acceleration=4, center_fraction=0.125)
-    assert len(a) == S and len(b) == 2 * S
-    folder = FastMRISliceDataset(tmp_path)  # a folder: all its *.h5, sorted
-    assert [v.fname for v in folder.volumes] == ["file_other.h5", "file_single.h5"]
-    with pytest.raises(ValueError, match="no .h5 files"):
-        FastMRISliceDataset([])
-    mask = a[0]["mask"]
+    a = [s.mask for s in iter_volume(path, acceleration=4, center_fraction=0.125)]
+    b = [s.mask for s in iter_volume(other, acceleration=4, center_fraction=0.125)]
+    mask = a[0]
     expected = column_mask("random", W, 4, 0.125, seed_from_filename("file_single.h5"))
     assert torch.equal(mask, expected)
-    # Same file: same mask for every slice, dataset instance and epoch.
-    for i in range(S):
-        assert torch.equal(a[i]["mask"], mask) and torch.equal(b[i]["mask"], mask)
-    assert torch.equal(a[0]["mask"], mask)
+    # Same file: same mask for every slice and every pass.
+    again = next(iter_volume(path, acceleration=4, center_fraction=0.125)).mask
+    assert all(torch.equal(m, mask) for m in a) and torch.equal(again, mask)
     # Another file name: another mask (same data).
-    assert not torch.equal(b[S]["mask"], mask)
+    assert all(torch.equal(m, b[0]) for m in b) and not torch.equal(b[0], mask)
     assert mask[W // 2 - 2 : W // 2 + 2].all()  # 4 centre columns always sampled
-    # Unseeded: fresh masks drawn from torch's generator, reproducible under manual_seed.
-    c = FastMRISliceDataset(path, acceleration=4, center_fraction=0.125, use_seed=False)
-    torch.manual_seed(3)
-    first = [c[0]["mask"] for _ in range(4)]
-    torch.manual_seed(3)
-    again = [c[0]["mask"] for _ in range(4)]
-    assert all(torch.equal(x, y) for x, y in zip(first, again, strict=True))
-    assert any(not torch.equal(first[0], m) for m in first[1:])
     with pytest.raises(ValueError, match="mask_type"):
-        FastMRISliceDataset(path, mask_type="spiral")
+        next(iter_volume(path, acceleration=4, mask_type="spiral"))
 
 
-def test_dataset_item_matches_mri_operator(singlecoil) -> None:
+def test_measurement_matches_mri_operator(singlecoil) -> None:
     path, k, _ = singlecoil
-    ds = FastMRISliceDataset(path, acceleration=4, center_fraction=0.125, mask_type="equispaced")
-    item = ds[1]
-    assert item["image"].shape == (2, H, W) and item["kspace"].shape == (2, H, W)
-    assert item["image"].dtype == torch.float32 and item["fname"] == "file_single.h5"
-    assert tuple(item["crop_size"].tolist()) == RECON and item["slice_index"] == 1
-    image = torch.complex(item["image"][0], item["image"][1])
-    torch.testing.assert_close(image, ifft2c(torch.from_numpy(k[1])))
-    op = make_operator("mri", image_size=(H, W), mask=item["mask"])
-    y = op.A(item["image"][None].double())[0].float()
-    torch.testing.assert_close(y, item["kspace"], rtol=1e-5, atol=1e-5)
-    assert item["kspace"][..., ~item["mask"]].abs().max() == 0
-    batch = torch.utils.data.default_collate([ds[0], ds[2]])
-    assert batch["image"].shape == (2, 2, H, W)
+    items = iter_volume(path, acceleration=4, center_fraction=0.125, mask_type="equispaced")
+    item = list(items)[1]
+    assert item.measurement.shape == (1, 2, H, W) and item.measurement.dtype == torch.float32
+    assert item.info.fname == "file_single.h5" and item.info.crop_size == RECON
+    assert item.slice_index == 1
+    image = to_channels(ifft2c(torch.from_numpy(k[1])))  # the fully sampled image
+    op = make_operator(**item.operator_config)
+    y = op.A(image[None].double()).float()
+    torch.testing.assert_close(y, item.measurement, rtol=1e-5, atol=1e-5)
+    assert item.measurement[..., ~item.mask].abs().max() == 0
 
 
 def test_iter_volume(tmp_path: Path, singlecoil) -> None:
@@ -351,7 +333,7 @@ def test_iter_volume(tmp_path: Path, singlecoil) -> None:
     assert torch.equal(make_operator(**first.operator_config).mask, first.mask)
 
 
-def test_multicoil_dataset_and_iterator(tmp_path: Path) -> None:
+def test_multicoil_measurement_and_coil_maps(tmp_path: Path) -> None:
     n, coils = 48, 6
     maps = synthetic_coil_maps(coils, (n, n))
     v, u = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
@@ -359,19 +341,20 @@ def test_multicoil_dataset_and_iterator(tmp_path: Path) -> None:
     phantom = support * (1 + 0.4 * torch.sin(4 * v)) * torch.exp(1j * 0.6 * u)
     k = fft2c(maps * phantom.to(torch.complex64)).unsqueeze(0)  # (1, C, n, n)
     path = write_fastmri_file(tmp_path / "mc.h5", k, target=simulate_targets(k, (n, n)))
-    ds = FastMRISliceDataset(path, acceleration=4, center_fraction=0.35, calib_width=16)
-    item = ds[0]
-    assert item["kspace"].shape == (coils, 2, n, n) and item["coil_maps"].shape == (coils, 2, n, n)
-    op = make_operator("mri", image_size=(n, n), mask=item["mask"], coil_maps=item["coil_maps"])
-    rel = (op.A(item["image"][None])[0] - item["kspace"]).norm() / item["kspace"].norm()
-    assert float(rel) < 0.02  # ESPIRiT maps reproduce the data (measured 0.43 %)
-    image = torch.complex(item["image"][0], item["image"][1])
+    item = next(iter_volume(path, acceleration=4, center_fraction=0.35, calib_width=16))
+    assert item.measurement.shape == (1, coils, 2, n, n)
+    est = item.operator_config["coil_maps"]
+    assert est.shape == (coils, n, n)
+    op = make_operator(**item.operator_config)
+    assert op.measurement_shape == (coils, 2, n, n)
+    # The ESPIRiT-combined fully sampled image, measured, reproduces the data.
+    image = coil_combine(ifft2c(k[0]), est)
+    y = item.measurement
+    rel = (op.A(to_channels(image)[None]) - y).norm() / y.norm()
+    assert float(rel) < 0.02  # measured 0.43 %
     torch.testing.assert_close(
         image.abs()[support], phantom.abs()[support].float(), rtol=0.03, atol=0.03
     )
-    recon = next(iter_volume(path, acceleration=4, center_fraction=0.35, calib_width=16))
-    assert recon.measurement.shape == (1, coils, 2, n, n)
-    assert make_operator(**recon.operator_config).measurement_shape == (coils, 2, n, n)
 
 
 def test_bundled_samples() -> None:
@@ -472,7 +455,7 @@ def test_narrow_multicoil_falls_back_to_rss_equivalent_maps(tmp_path: Path, capl
 
 
 def test_sampled_centre_width_and_explicit_calib_width(tmp_path: Path) -> None:
-    from idm_med.datasets.fastmri import sampled_centre_width
+    from idm_med.acquisition.mri import sampled_centre_width
 
     mask = torch.zeros(20, dtype=torch.bool)
     mask[7:14] = True
@@ -489,7 +472,7 @@ def test_sampled_centre_width_and_explicit_calib_width(tmp_path: Path) -> None:
 
 
 def test_coil_maps_are_computed_once_per_volume(tmp_path: Path, monkeypatch) -> None:
-    from idm_med.datasets import fastmri as fastmri_module
+    from idm_med.acquisition import mri as fastmri_module
 
     path = _multicoil_file(tmp_path, width=32)
     calls = []

@@ -26,6 +26,7 @@ __all__ = [
     "normalise_maps",
     "rss",
     "synthetic_coil_maps",
+    "zero_filled_maps",
 ]
 
 ArrayLike = np.ndarray | torch.Tensor

@@ -1,0 +1,129 @@
+"""CT acquisition: the HU ↔ attenuation convention and sparse-view sinograms of HU volumes.
+
+The attenuation convention lives in :func:`hu_to_attenuation` and
+:func:`attenuation_to_hu` (and nowhere else): the DICOM reader returns HU
+(:mod:`idm_med.datasets.dicom`), the networks and the CT operator work on normalised
+attenuation in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..datasets.dicom import CTVolume, as_volume
+from ..operators import Operator, make_operator
+
+logger = logging.getLogger(__name__)
+
+#: HU mapped to 0 (air) and to 1 by :func:`hu_to_attenuation`.
+HU_AIR = -1000.0
+HU_ONE = 3000.0
+
+
+def hu_to_attenuation(hu: np.ndarray | torch.Tensor, clip: bool = True):
+    """HU → normalised attenuation ``x = (HU + 1000) / 4000`` (clipped to [0, 1]).
+
+    This is both a [0, 1] intensity window for the networks and a linear attenuation map:
+    since ``μ = μ_water (1 + HU / 1000)``, ``x = μ / (4 μ_water)`` — air 0, water 0.25,
+    dense bone (+3000 HU) 1. Values below air (e.g. padding at −2000 HU or lower) clip to
+    0; metal above +3000 HU clips to 1 when ``clip``. Sinograms of ``x`` are line integrals
+    of ``μ / (4 μ_water)`` in pixel units.
+    """
+    x = (hu - HU_AIR) / (HU_ONE - HU_AIR)
+    if clip:
+        x = x.clip(0.0, 1.0)
+    return x
+
+
+def attenuation_to_hu(x: np.ndarray | torch.Tensor):
+    """Inverse of :func:`hu_to_attenuation` (without the clipping): ``HU = 4000 x − 1000``."""
+    return x * (HU_ONE - HU_AIR) + HU_AIR
+
+
+@dataclass
+class SparseViewSimulation:
+    """Result of :func:`simulate_sparse_view`.
+
+    Attributes:
+        image: ground-truth normalised attenuation (:func:`hu_to_attenuation`), ``(S, 1, N, N)``.
+        sinogram: ``operator.A(image)`` plus optional noise, ``(S, 1, V, N)`` for the CT operator.
+        operator: the operator used (rebuild with ``make_operator(**operator.config)``).
+        pixel_size_mm: in-plane pixel size of ``image`` in mm (``None`` for a bare array).
+    """
+
+    image: torch.Tensor
+    sinogram: torch.Tensor
+    operator: Operator
+    pixel_size_mm: float | None = None
+
+
+def simulate_sparse_view(
+    volume_hu: CTVolume | np.ndarray | torch.Tensor,
+    n_views: int,
+    *,
+    image_size: int | None = None,
+    operator: Operator | None = None,
+    noise_level: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 16,
+    dtype: torch.dtype = torch.float32,
+) -> SparseViewSimulation:
+    """Per-slice sparse-view sinograms of a HU volume.
+
+    Each slice is mapped to normalised attenuation ``x = hu_to_attenuation(HU)`` (the
+    project's single HU convention), resized to ``image_size`` if given (bilinear with
+    anti-aliasing; the slices must be square otherwise) and projected by
+    ``make_operator("ct", image_size=N, n_views=n_views)``: ``(S, 1, N, N) → (S, 1, V, N)``.
+
+    Args:
+        volume_hu: a :class:`CTVolume` or a HU array ``(S, R, C)`` / ``(S, 1, R, C)``.
+        n_views: number of projection angles ``V``.
+        image_size: reconstruction grid ``N`` (default: the slice size).
+        operator: use this operator instead of building the CT one (its ``image_shape``
+            must be ``(1, N, N)``).
+        noise_level: std of added white Gaussian noise relative to the RMS of the clean
+            sinogram (0: noise free).
+        seed: seeds the noise.
+        batch_size: slices projected at once (bounds memory).
+        dtype: float dtype of the tensors.
+    """
+    spacing = None
+    if isinstance(volume_hu, CTVolume):
+        spacing = volume_hu.spacing
+        volume_hu = volume_hu.hu
+    hu = torch.as_tensor(as_volume(volume_hu, "volume_hu"), dtype=dtype)
+    rows, cols = hu.shape[1:]
+    if image_size is None:
+        if rows != cols:
+            raise ValueError(f"slices are {rows}x{cols}: pass image_size= for a square grid")
+        image_size = rows
+    x = hu_to_attenuation(hu)[:, None]
+    if (rows, cols) != (image_size, image_size):
+        x = F.interpolate(
+            x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+        ).clamp(0.0, 1.0)
+    if operator is None:
+        operator = make_operator("ct", image_size=image_size, n_views=n_views)
+    shape = tuple(getattr(operator, "image_shape", (1, image_size, image_size)))
+    if shape != (1, image_size, image_size):
+        raise ValueError(
+            f"operator image_shape must be (1, {image_size}, {image_size}), got {shape}"
+        )
+
+    with torch.no_grad():
+        sino = torch.cat([operator.A(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    if noise_level > 0:
+        gen = torch.Generator().manual_seed(seed)
+        rms = sino.pow(2).mean().sqrt()
+        sino = sino + noise_level * rms * torch.randn(sino.shape, generator=gen, dtype=sino.dtype)
+    pixel = None
+    if spacing is not None:
+        pixel = spacing[1] * rows / image_size
+        if abs(spacing[1] * rows - spacing[2] * cols) > 1e-3 * spacing[1] * rows:
+            logger.warning("non-square field of view resampled to a square grid")
+    return SparseViewSimulation(image=x, sinogram=sino, operator=operator, pixel_size_mm=pixel)

@@ -1,0 +1,91 @@
+"""Reconstruction methods: any callable ``method(y, operator) -> x`` on a batch ``y``
+``(B, *operator.measurement_shape)`` returning ``(B, *operator.image_shape)``.
+
+:func:`make_method` builds them by name: ``"pinv"`` (``A†y``: zero-filled MRI,
+least-squares CT), ``"tv"`` (TV + range–null-space baseline, training free), ``"idm"`` (an
+IDM checkpoint directory or model name), ``"ddnm"`` and ``"sr3"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .classical import tv_rnd_reconstruct
+from .operators import Operator
+
+Method = Callable[[torch.Tensor, Operator], torch.Tensor]
+METHODS = ("pinv", "tv", "idm", "ddnm", "sr3")
+
+
+class IDMMethod:
+    """An IDM checkpoint as a method; checks on first use per operator that the model
+    fits the data (:func:`idm_med.checkpoints.check_fit`)."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", allow_mismatch=False):
+        from .checkpoints import ModelInfo, load_idm, resolve_checkpoint
+
+        path = resolve_checkpoint(checkpoint)
+        self.info = ModelInfo.read(path, "path")
+        self.model = load_idm(path).to(device)
+        self.allow_mismatch = allow_mismatch
+        self._checked: set[int] = set()
+
+    def __call__(self, y: torch.Tensor, op: Operator) -> torch.Tensor:
+        from .checkpoints import check_fit
+
+        if id(op) not in self._checked:
+            check_fit(self.info, dict(op.config), op.image_shape[0], self.allow_mismatch)
+            self._checked.add(id(op))
+        with torch.no_grad():
+            return self.model(y, op)
+
+
+def make_method(
+    name: str,
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
+    allow_mismatch: bool = False,
+    **kwargs,
+) -> Method:
+    """Build a reconstruction method by name.
+
+    Args:
+        name: ``"pinv"``, ``"tv"``, ``"idm"``, ``"ddnm"`` (training-free, on a diffusion
+            prior) or ``"sr3"`` (a trained SR3 model).
+        checkpoint: IDM checkpoint directory or model name (``idm-med models``), required
+            for ``"idm"``; the prior directory for ``"ddnm"`` (default: the shipped prior);
+            the SR3 directory for ``"sr3"``.
+        device: where the IDM model runs.
+        allow_mismatch: run an IDM model on data it was not trained for (with a warning).
+        kwargs: passed to :func:`~idm_med.classical.tv_rnd_reconstruct` for ``"tv"``, to
+            :func:`~idm_med.diffusion_methods.ddnm_method` / ``sr3_method`` otherwise
+            (``progress=True`` shows the iterations inside each slice).
+    """
+    if name == "pinv":
+        return lambda y, op: op.A_pinv(y)
+    if name == "tv":
+        kwargs.setdefault("progress", False)
+        return lambda y, op: tv_rnd_reconstruct(
+            y, op, complex_channels=op.image_shape[0] == 2, **kwargs
+        )
+    if name == "idm":
+        if checkpoint is None:
+            raise ValueError("method 'idm' needs checkpoint=<directory of a trained IDM model>")
+        return IDMMethod(checkpoint, device=device, allow_mismatch=allow_mismatch)
+    if name == "ddnm":
+        from .diffusion_methods import ddnm_method
+
+        return ddnm_method(checkpoint, **kwargs)
+    if name == "sr3":
+        from .diffusion_methods import sr3_method
+
+        if checkpoint is None:
+            raise ValueError("method 'sr3' needs checkpoint=<directory of a trained SR3 model>")
+        return sr3_method(checkpoint, **kwargs)
+    raise ValueError(f"unknown method {name!r}; expected one of {METHODS}")
+
+
+# -- the shared slice loop ---------------------------------------------------------------
