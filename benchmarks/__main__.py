@@ -16,6 +16,7 @@ SUITES = {
     "diffusion": "A†y vs DDNM vs IDM from the prior vs from scratch (results/diffusion.md)",
     "diffusion_mri": "A†y vs DDNM vs IDM on held-out MRI (results/diffusion_mri.md)",
     "diffusion_ct": "FBP / A†y vs DDNM on held-out CT (results/diffusion_ct.md)",
+    "ablation": "IDM ablations: T, injectors, final step, init, per ratio (results/ablation.md)",
     "tune": "tune the baselines per setting on validation images (results/tuning.json)",
     "validate": "score an IDM checkpoint on the validation images against the tuned baselines",
     "operators": "time A, At and A_pinv of every operator (results/operators.md)",

@@ -14,7 +14,7 @@ from idm_med.operators import make_operator
 RATIOS = (0.1, 0.3, 0.5)
 
 
-def _setting(ratio: float) -> Setting:
+def ratio_setting(ratio: float) -> Setting:
     def build(size: int):
         return make_operator("gaussian_cs", image_size=size, ratio=ratio, block_size=32)
 
@@ -25,7 +25,7 @@ SUITE = Suite(
     name="cs",
     title="Block Gaussian compressed sensing on held-out natural images",
     modality="natural",
-    settings=tuple(_setting(r) for r in RATIOS),
+    settings=tuple(ratio_setting(r) for r in RATIOS),
     methods=("pinv", "tv", "wavelet"),
     encode=natural.encode,
     decode=natural.decode,

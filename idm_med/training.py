@@ -105,6 +105,7 @@ class TrainingConfig:
     steps: int = 3
     memory_mode: str = "level1+2"
     final_projection: bool = True
+    injectors: bool = True  # False: the ablation without measurement injectors
     batch_size: int = 4
     data: dict[str, float] = field(default_factory=lambda: {"mri": 1.0})
     loop: train_loop.LoopConfig = field(
@@ -120,6 +121,7 @@ class TrainingConfig:
             image_channels=self.image_channels,
             steps=self.steps,
             final_projection=self.final_projection,
+            injectors=self.injectors,
         )
         if self.init and (Path(self.init) / "model.safetensors").is_file():
             return _idm_from_checkpoint(self.init, **kwargs)
@@ -176,7 +178,7 @@ def _idm_from_checkpoint(directory: str, **kwargs: Any) -> IDM:
     """Continue from an IDM checkpoint (``idm-med init`` or an earlier ``train``); its
     architecture must match the requested channels and steps."""
     model = IDM.from_pretrained(directory).float()
-    for key in ("image_channels", "steps"):
+    for key in ("image_channels", "steps", "injectors"):
         if model.config[key] != kwargs[key]:
             raise ValueError(
                 f"{directory}: checkpoint has {key}={model.config[key]}, training asks for "
@@ -273,6 +275,8 @@ def train(
     model.set_memory_mode(config.memory_mode)
     operators = OperatorPool(config.operator, config.image_size)
     record = {k: v for k, v in asdict(config).items() if k != "loop"}
+    if config.injectors:  # the default: left out so runs from before the option still resume
+        del record["injectors"]
 
     def make_batch(step: int, gen: torch.Generator) -> torch.Tensor:
         return sampler.batch(config.batch_size, gen)

@@ -19,46 +19,8 @@ import logging
 
 import torch
 
-from idm_med import train_loop
-from idm_med.training import TrainingConfig, train
-
-# The complex prior is not shipped yet: the gray one starts 2-channel models (conv_in/out
-# shared by the real and imaginary parts, see idm_from_prior).
-PRIORS = {1: "idm_med/pretrained/prior_gray", 2: "idm_med/pretrained/prior_gray"}
-PRESETS = {
-    "mri": dict(
-        operator={
-            "name": "mri",
-            "acceleration": [4, 8],
-            "mask_type": ["random", "equispaced"],
-            "center_fraction": 0.08,
-        },
-        image_channels=2,
-        data={"mri": 1.0},
-    ),
-    "cs": dict(
-        operator={"name": "gaussian_cs", "ratio": [0.1, 0.3, 0.5], "block_size": 32},
-        image_channels=1,
-        data={"natural": 1.0},
-    ),
-    "inpainting": dict(
-        operator={
-            "name": "inpainting",
-            "missing_ratio": [0.5, 0.7, 0.9, 0.95],
-            "mask_type": ["random", "box"],
-        },
-        image_channels=1,
-        data={"natural": 1.0},
-    ),
-    "superres": dict(
-        operator={"name": "superres", "factor": [2, 4]}, image_channels=1, data={"natural": 1.0}
-    ),
-    "ct": dict(
-        operator={"name": "ct", "n_views": [30, 60, 90, 120]},
-        image_channels=1,
-        data={"ct": 1.0},
-    ),
-}
+from idm_med.recipes import PRESETS, recipe
+from idm_med.training import train
 
 
 def main() -> None:
@@ -83,24 +45,16 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    preset = PRESETS[args.modality]
-    config = TrainingConfig(
-        **preset,
-        image_size=args.image_size,
-        init=None if args.from_scratch else PRIORS[preset["image_channels"]],
-        steps=3,
-        memory_mode=args.memory_mode,
+    config = recipe(
+        args.modality,
+        iterations=args.iterations,
         batch_size=args.batch_size,
-        loop=train_loop.LoopConfig(
-            iterations=args.iterations,
-            learning_rate=args.learning_rate,
-            warmup=50,
-            halve_lr_every=max(1, args.iterations * 2 // 3),
-            ema_decay=0.0,
-            checkpoint_every=args.checkpoint_every,
-            seed=0,
-            mixed_precision=args.mixed_precision,
-        ),
+        image_size=args.image_size,
+        learning_rate=args.learning_rate,
+        memory_mode=args.memory_mode,
+        from_scratch=args.from_scratch,
+        mixed_precision=args.mixed_precision,
+        checkpoint_every=args.checkpoint_every,
     )
     train(config, args.output, resume=args.resume)
 
