@@ -30,16 +30,25 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
-from torch import nn
+
+from .projector import SparseProjector, csr
+from .ramp_filter import FILTERS, filter_sinogram, fourier_filter
 
 logger = logging.getLogger(__name__)
 
-FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
-LinearMap = Callable[[torch.Tensor], torch.Tensor]
+__all__ = [
+    "FILTERS",
+    "RadonTransform",
+    "detector_count",
+    "fbp",
+    "filter_sinogram",
+    "fourier_filter",
+    "parallel_beam_angles",
+    "radon_matrix_transpose",
+]
 
 
 def parallel_beam_angles(
@@ -130,13 +139,6 @@ def radon_matrix_transpose(
     return crow, column[keep], weight[keep]
 
 
-def _csr(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, shape: tuple[int, int]):
-    # The buffers were built valid; skipping the invariant check keeps this O(1).
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Ss]parse.*")  # "beta" / "checks" notes
-        return torch.sparse_csr_tensor(crow, col, val, shape, check_invariants=False)
-
-
 @functools.lru_cache(maxsize=1)
 def _system_matrices(
     image_size: int, angles: tuple[float, ...], n_detectors: int, circle: bool
@@ -152,7 +154,7 @@ def _system_matrices(
     )
     shape_t = (image_size**2, len(angles) * n_detectors)
     # int32 indices: half the memory of int64 and at least as fast in the CSR kernels.
-    matrix_t = _csr(crow_t.int(), col_t.int(), val_t, shape_t)
+    matrix_t = csr(crow_t.int(), col_t.int(), val_t, shape_t)
     # Store R as well (CSC of Rᵀ = CSR of R): a product with a transposed view is ~100x
     # slower than a CSR product.
     csc = matrix_t.to_sparse_csc()
@@ -167,94 +169,8 @@ def _system_matrices(
     )
 
 
-class _SparseMatmul(torch.autograd.Function):
-    """``M @ X`` for a fixed CSR matrix ``M`` with its transpose ``Mᵀ`` given separately.
-
-    The backward is the same function with the roles swapped, so gradients of any order
-    flow (the back-projection is itself differentiable, with the projection as its
-    gradient).
-    """
-
-    @staticmethod
-    def forward(ctx, dense, matrix, matrix_t):
-        ctx.matrix, ctx.matrix_t = matrix, matrix_t
-        return torch.sparse.mm(matrix, dense)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _SparseMatmul.apply(grad, ctx.matrix_t, ctx.matrix), None, None
-
-
-# -- filtered back-projection helpers ------------------------------------------------------
-def fourier_filter(
-    size: int,
-    filter_name: str = "ramp",
-    dtype: torch.dtype = torch.float64,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """Frequency response ``(size,)`` (FFT order) of the FBP filter, ``size`` even.
-
-    The ramp is the DFT of the band-limited spatial kernel ``h[0] = 1/4``,
-    ``h[n] = -1/(π n)²`` for odd ``n`` and 0 for even ``n`` (Kak & Slaney eq. 61), times 2;
-    building it in the spatial domain avoids the DC bias of a sampled ``|ω|``. The other
-    names multiply the ramp by the usual apodisation windows.
-    """
-    if filter_name not in FILTERS:
-        raise ValueError(f"filter_name must be one of {FILTERS}, got {filter_name!r}")
-    k = torch.arange(size, dtype=torch.float64)
-    dist = torch.minimum(k, size - k)  # circular distance from sample 0
-    h = torch.zeros(size, dtype=torch.float64)
-    h[0] = 0.25
-    odd = dist % 2 == 1
-    h[odd] = -1.0 / (math.pi * dist[odd]) ** 2
-    response = 2 * torch.fft.fft(h).real
-    freq = torch.fft.fftfreq(size, dtype=torch.float64)  # cycles per sample, [-0.5, 0.5)
-    if filter_name == "shepp-logan":
-        omega = math.pi * freq
-        response = response * torch.where(omega == 0, 1.0, torch.sin(omega) / omega)
-    elif filter_name == "cosine":
-        response = response * torch.cos(math.pi * freq)
-    elif filter_name in ("hamming", "hann"):
-        # Symmetric windows of the full length centred on DC, as iradon builds them.
-        make = torch.hamming_window if filter_name == "hamming" else torch.hann_window
-        window = make(size, periodic=False, dtype=torch.float64)
-        response = response * torch.fft.fftshift(window)
-    return response.to(dtype=dtype, device=device)
-
-
-def filter_sinogram(
-    sinogram: torch.Tensor, filter_name: str = "ramp", margin: int = 0, circle: bool = False
-) -> torch.Tensor:
-    """Filter every projection along its last (detector) axis.
-
-    Args:
-        sinogram: ``(..., V, D)``.
-        filter_name: one of :data:`FILTERS`.
-        margin: also return the filtered signal on ``margin`` virtual detectors beyond each
-            end (the ramp spreads signal there; :func:`fbp` interpolates into it as
-            ``iradon`` does).
-
-    Returns:
-        ``(..., V, D + 2·margin)``, detector ``j`` at index ``j + margin``. The data are
-        zero-padded to ``max(64, 2^⌈log2(2·L)⌉)`` samples with ``L = ⌈√2·D⌉`` for
-        ``circle=True`` and ``L = D`` otherwise, the lengths ``iradon`` uses, so the
-        circular convolution does not wrap onto the detector.
-    """
-    n_det = sinogram.shape[-1]
-    length = math.ceil(math.sqrt(2) * n_det) if circle else n_det
-    padded = max(64, 2 ** math.ceil(math.log2(2 * length)))
-    response = fourier_filter(padded, filter_name, sinogram.dtype, sinogram.device)
-    # Only the even part of a filter acts on real data (iradon keeps the real part of the
-    # inverse FFT); the half-spectrum product below needs it explicitly.
-    response = 0.5 * (response + torch.roll(torch.flip(response, [0]), 1))
-    spectrum = torch.fft.rfft(sinogram, n=padded, dim=-1)
-    filtered = torch.fft.irfft(spectrum * response[: padded // 2 + 1], n=padded, dim=-1)
-    # Negative detector indices live at the end of the circular buffer.
-    return torch.roll(filtered, margin, dims=-1)[..., : n_det + 2 * margin]
-
-
 # -- the module ----------------------------------------------------------------------------
-class RadonTransform(nn.Module):
+class RadonTransform(SparseProjector):
     """Parallel-beam Radon transform of ``N x N`` images onto ``D`` detector bins.
 
     ``forward`` / :meth:`project`: ``(B, C, N, N) -> (B, C, V, D)``; :meth:`backproject` is
@@ -295,72 +211,18 @@ class RadonTransform(nn.Module):
         self.n_views = angles.numel()
         self.angle_range = float(angle_range)
         dtype = dtype or torch.get_default_dtype()
-        crow, col, val, crow_t, col_t, val_t = _system_matrices(
+        matrices = _system_matrices(
             self.image_size, tuple(angles.tolist()), self.n_detectors, self.circle
         )
         self.register_buffer("angles", angles.to(dtype))
-        self.register_buffer("crow", crow, persistent=False)
-        self.register_buffer("col", col, persistent=False)
-        self.register_buffer("val", val.to(dtype), persistent=False)
-        self.register_buffer("crow_t", crow_t, persistent=False)
-        self.register_buffer("col_t", col_t, persistent=False)
-        self.register_buffer("val_t", val_t.to(dtype), persistent=False)
+        self._store(matrices, dtype)
 
-    @property
-    def nnz(self) -> int:
-        """Number of non-zeros of the system matrix."""
-        return self.val.numel()
-
-    def _matrices(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        # ``.to(dtype)`` is a no-op when the input matches the module's dtype.
-        n, rays = self.image_size, self.n_views * self.n_detectors
-        fwd = _csr(self.crow, self.col, self.val.to(dtype), (rays, n * n))
-        bwd = _csr(self.crow_t, self.col_t, self.val_t.to(dtype), (n * n, rays))
-        return fwd, bwd
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Sinogram ``R x``: ``(..., N, N) -> (..., V, D)`` (views, detectors)."""
-        return self._project(x, *self._matrices(x.dtype))
-
-    def backproject(self, sinogram: torch.Tensor) -> torch.Tensor:
-        """Exact adjoint ``Rᵀ y``: ``(..., V, D) -> (..., N, N)``."""
-        return self._backproject(sinogram, *self._matrices(sinogram.dtype))
-
-    def linear_maps(self, dtype: torch.dtype) -> tuple[LinearMap, LinearMap]:
-        """``(project, backproject)`` computing in ``dtype`` with the weights cast once.
-
-        For iterative solvers that apply both maps many times in another precision than
-        the module's (e.g. float64 CG for a float32 operator); inputs must have ``dtype``.
-        """
-        fwd, bwd = self._matrices(dtype)
-        return (
-            lambda x: self._project(x, fwd, bwd),
-            lambda y: self._backproject(y, fwd, bwd),
-        )
-
-    def ray_lengths(self) -> torch.Tensor:
-        """``(V, D)`` row sums of ``R`` (float64): how much image each ray crosses; zero
-        for rays that miss the image."""
-        rows = torch.repeat_interleave(torch.diff(self.crow.long().cpu()))
-        sums = torch.zeros(self.n_views * self.n_detectors, dtype=torch.float64)
-        sums.index_add_(0, rows, self.val.detach().cpu().double())
-        return sums.view(self.n_views, self.n_detectors)
-
-    def _project(self, x: torch.Tensor, fwd: torch.Tensor, bwd: torch.Tensor) -> torch.Tensor:
-        n = self.image_size
-        # (N², batch) column layout: CSR @ dense is the fast sparse kernel.
-        cols = x.reshape(-1, n * n).t().contiguous()
-        out = _SparseMatmul.apply(cols, fwd, bwd)
-        return out.t().reshape(*x.shape[:-2], self.n_views, self.n_detectors)
-
-    def _backproject(self, y: torch.Tensor, fwd: torch.Tensor, bwd: torch.Tensor) -> torch.Tensor:
-        n = self.image_size
-        cols = y.reshape(-1, self.n_views * self.n_detectors).t().contiguous()
-        out = _SparseMatmul.apply(cols, bwd, fwd)
-        return out.t().reshape(*y.shape[:-2], n, n)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(x)
+    def adjoint_fbp_sinogram(self, sinogram: torch.Tensor) -> torch.Tensor:
+        """``z = Δθ/2 · ramp * y`` ``(..., V, D)``: :meth:`backproject` of it is the FBP
+        written with the exact adjoint, which lies in the range of ``Rᵀ`` (a CG warm
+        start that keeps the minimum-norm solution)."""
+        scale = math.radians(self.angle_range) / (2 * self.n_views)
+        return scale * filter_sinogram(sinogram, "ramp", circle=self.circle)
 
     def fbp(self, sinogram: torch.Tensor, filter_name: str = "ramp") -> torch.Tensor:
         """Filtered back-projection ``(..., V, D) -> (..., N, N)``.

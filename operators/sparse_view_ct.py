@@ -1,4 +1,11 @@
-"""Sparse-view parallel-beam CT: ``y = R_Θ x``, the Radon transform at a few angles.
+"""Sparse-view CT: ``y = R_Θ x``, parallel-beam or fan-beam projections at a few angles.
+
+``geometry="parallel"`` (default) is the Radon transform of :mod:`.radon`;
+``geometry="fan"`` the fan-beam transform of :mod:`.fan_beam` (flat or arc detector,
+source–isocentre / source–detector distances in pixels; the keywords of
+:class:`.fan_beam.FanGeometry`, e.g. from :func:`.fan_beam.fan_geometry_from_dicom`), a
+full scan over 360° by default. Both are sparse matrices with an exact transpose and share
+everything below.
 
 ``A`` samples ``n_views`` projections equally spaced over ``[0°, angle_range)``. By
 default the detector has ``⌈√2·N⌉`` bins and covers the whole image (skimage's
@@ -33,14 +40,14 @@ with, ours, so sinograms from the two backends differ slightly.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from .base import Operator, check_image_size
 from .conjugate_gradient import CGPseudoInverse, LinearMap, pinv_by_cg
-from .radon import FILTERS, RadonTransform, filter_sinogram, parallel_beam_angles
+from .fan_beam import FanBeamTransform, FanGeometry
+from .radon import FILTERS, RadonTransform, parallel_beam_angles
 from .registry import register_operator
 
 try:  # optional CUDA extension; absent on CPU-only installs
@@ -48,7 +55,9 @@ try:  # optional CUDA extension; absent on CPU-only installs
 except ImportError:  # pragma: no cover - depends on the environment
     _torch_radon = None
 
-GEOMETRIES = ("parallel",)
+GEOMETRIES = ("parallel", "fan")
+#: Keyword arguments of the fan geometry (:class:`.fan_beam.FanGeometry`), pixel units.
+FAN_KEYS = ("source_distance", "detector_distance", "detector", "n_detectors", "detector_spacing")
 BACKENDS = ("auto", "torch", "torch_radon")
 
 PINV_SOLVERS = ("auto", "direct", "cg")
@@ -107,10 +116,11 @@ def truncated_pinv(matrix: torch.Tensor, rcond: float) -> torch.Tensor:
 
 @register_operator
 class SparseViewCT(CGPseudoInverse, Operator):
-    """Sparse-view parallel-beam CT operator.
+    """Sparse-view CT operator (parallel or fan beam).
 
     Shapes: image ``(B, 1, N, N)``, measurement ``(B, 1, n_views, D)`` (views, detectors)
-    with ``D = ⌈√2·N⌉`` (``circle=False``, default) or ``D = N`` (``circle=True``).
+    with ``D = ⌈√2·N⌉`` (parallel, ``circle=False``, default), ``D = N`` (parallel,
+    ``circle=True``) or the fan geometry's ``n_detectors``.
 
     ``A x = R_Θ x`` (line integrals with unit step, bilinear interpolation);
     ``At`` the exact adjoint ``R_Θᵀ`` (back-projection); ``A_pinv y = R_Θ⁺ y`` the
@@ -121,14 +131,20 @@ class SparseViewCT(CGPseudoInverse, Operator):
     Args:
         image_size: ``N`` or ``(N, N)``; images must be square.
         n_views: number of projection angles (>= 1).
-        geometry: only ``"parallel"``.
-        backend: ``"auto"``, ``"torch"`` or ``"torch_radon"`` (see the module docstring).
-        angle_range: span of the equally spaced views in degrees, in ``(0, 360]``.
-        circle: measure only the inscribed disc with ``N`` detector bins.
+        geometry: ``"parallel"`` or ``"fan"``.
+        backend: ``"auto"``, ``"torch"`` or ``"torch_radon"`` (see the module docstring);
+            the fan geometry always uses ``"torch"``.
+        angle_range: span of the equally spaced views in degrees, in ``(0, 360]``; default
+            180 (parallel) or 360 (fan, full scan; a short scan needs ≥ 180° + fan angle
+            for the FBP).
+        circle: measure only the inscribed disc with ``N`` detector bins (parallel only).
         pinv: ``"auto"``, ``"direct"`` or ``"cg"``.
         cg_tol: relative normal-equation residual ``‖AᵀA x - Aᵀy‖ / ‖Aᵀy‖`` at which CG
             stops (``"cg"`` only).
         cg_max_iter: CG iteration cap (``"cg"`` only).
+        **fan: fan-beam geometry (:data:`FAN_KEYS`): ``source_distance``,
+            ``detector_distance``, ``detector`` (``"arc"`` / ``"flat"``), ``n_detectors``,
+            ``detector_spacing``; defaults in :meth:`.fan_beam.FanGeometry.create`.
     """
 
     name = "ct"
@@ -139,11 +155,12 @@ class SparseViewCT(CGPseudoInverse, Operator):
         n_views: int,
         geometry: str = "parallel",
         backend: str = "auto",
-        angle_range: float = 180.0,
+        angle_range: float | None = None,
         circle: bool = False,
         pinv: str = "auto",
         cg_tol: float = DEFAULT_CG_TOL,
         cg_max_iter: int = DEFAULT_CG_MAX_ITER,
+        **fan: Any,
     ) -> None:
         super().__init__()
         height, width = check_image_size(image_size)
@@ -155,11 +172,21 @@ class SparseViewCT(CGPseudoInverse, Operator):
             raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        unknown = set(fan) - set(FAN_KEYS)
+        if unknown or (fan and geometry != "fan"):
+            raise TypeError(
+                f"unexpected keyword arguments {sorted(fan)} for geometry {geometry!r} "
+                f"(fan-beam keywords: {FAN_KEYS})"
+            )
+        if geometry == "fan" and (backend == "torch_radon" or circle):
+            raise ValueError("the fan geometry has backend='torch' and circle=False only")
         if backend == "torch_radon" and not torch_radon_available():
             raise ImportError(
                 "backend='torch_radon' needs the torch_radon CUDA extension, which is not "
                 "importable (it is not on PyPI: build it from source); use backend='torch'"
             )
+        if angle_range is None:
+            angle_range = 360.0 if geometry == "fan" else 180.0
         if not 0.0 < float(angle_range) <= 360.0:
             raise ValueError(f"angle_range must lie in (0, 360] degrees, got {angle_range!r}")
         if pinv not in PINV_SOLVERS:
@@ -168,7 +195,13 @@ class SparseViewCT(CGPseudoInverse, Operator):
 
         n, n_views = int(height), int(n_views)
         angles = parallel_beam_angles(n_views, float(angle_range))
-        self.radon = RadonTransform(n, angles, angle_range=float(angle_range), circle=circle)
+        self.radon: RadonTransform | FanBeamTransform
+        if geometry == "fan":
+            fan_geometry = FanGeometry.create(n, **fan)
+            self.radon = FanBeamTransform(fan_geometry, angles, float(angle_range))
+            fan = fan_geometry.config()
+        else:
+            self.radon = RadonTransform(n, angles, angle_range=float(angle_range), circle=circle)
         self._config: dict[str, Any] = {
             "image_size": n,
             "n_views": n_views,
@@ -178,6 +211,7 @@ class SparseViewCT(CGPseudoInverse, Operator):
             "circle": bool(circle),
             "pinv": pinv,
             **cg_config,
+            **fan,
         }
         self.image_shape = (1, n, n)
         self.measurement_shape = (1, n_views, self.radon.n_detectors)
@@ -197,7 +231,7 @@ class SparseViewCT(CGPseudoInverse, Operator):
     # -- backend dispatch ------------------------------------------------------------
     def _uses_torch_radon(self, t: torch.Tensor) -> bool:
         backend = self._config["backend"]
-        if backend == "torch":
+        if backend == "torch" or self._config["geometry"] == "fan":
             return False
         fits = t.is_cuda and t.dtype == torch.float32
         if backend == "torch_radon":
@@ -254,10 +288,9 @@ class SparseViewCT(CGPseudoInverse, Operator):
         return self.radon.linear_maps(dtype)
 
     def _cg_warm_start(self, y: torch.Tensor, A: LinearMap, At: LinearMap) -> torch.Tensor:
-        """``Aᵀ (Δθ/2 · ramp * y)``: the FBP written with the exact adjoint, so it lies in
-        the range of ``Aᵀ`` and CG keeps the minimum-norm solution."""
-        scale = math.radians(self._config["angle_range"]) / (2 * self._config["n_views"])
-        return At(scale * filter_sinogram(y, "ramp", circle=self._config["circle"]))
+        """``Aᵀ z`` with ``z`` the ramp-filtered sinogram: the FBP written with the exact
+        adjoint, so it lies in the range of ``Aᵀ`` and CG keeps the minimum-norm solution."""
+        return At(self.radon.adjoint_fbp_sinogram(y))
 
     def fbp(self, y: torch.Tensor, filter_name: str = "ramp") -> torch.Tensor:
         """Filtered back-projection, a fast approximate inverse: ``(B, 1, V, D) -> (B, 1, N, N)``.

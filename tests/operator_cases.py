@@ -37,7 +37,22 @@ OPERATOR_CASES: dict[str, list[dict]] = {
     ],
     # Default settings (full detector, exact dense pseudo-inverse), and the disc-only
     # detector of skimage's circle=True.
-    "ct": [dict(image_size=24, n_views=8), dict(image_size=20, n_views=6, circle=True)],
+    # Fan beam: an arc detector at the default distances (full scan), and a flat detector
+    # with short distances on a short scan.
+    "ct": [
+        dict(image_size=24, n_views=8),
+        dict(image_size=20, n_views=6, circle=True),
+        dict(image_size=24, n_views=8, geometry="fan"),
+        dict(
+            image_size=20,
+            n_views=7,
+            geometry="fan",
+            detector="flat",
+            source_distance=40.0,
+            detector_distance=70.0,
+            angle_range=260.0,
+        ),
+    ],
 }
 
 

@@ -209,7 +209,9 @@ def test_gradients_flow_through_A_At_pinv(solver):
     assert torch.autograd.gradcheck(op.A, (x,))
     assert torch.autograd.gradcheck(op.At, (y,))
     assert torch.autograd.gradgradcheck(op.A, (x,))  # the backward is differentiable too
-    assert torch.autograd.gradcheck(op.A_pinv, (y,), atol=1e-6)
+    # Finite differences of a CG solve stopped at 1e-13 are accurate to ~1e-6 (measured up
+    # to 1.2e-6 against the exact pseudo-inverse's Jacobian).
+    assert torch.autograd.gradcheck(op.A_pinv, (y,), atol=1e-6 if solver == "direct" else 1e-5)
     # fbp is differentiable as well.
     assert torch.autograd.gradcheck(op.fbp, (y,))
     # The gradient of ½‖Ax - y‖² is Aᵀ(Ax - y).
@@ -251,7 +253,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="image_size"):
         SparseViewCT(0, 8)
     with pytest.raises(ValueError, match="parallel"):
-        SparseViewCT(32, 8, geometry="fan")
+        SparseViewCT(32, 8, geometry="cone")
     with pytest.raises(ValueError, match="backend"):
         SparseViewCT(32, 8, backend="astra")
     with pytest.raises(ValueError, match="angle_range"):
