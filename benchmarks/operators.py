@@ -3,7 +3,8 @@
 The figure that matters for IDM is ``A_pinv / A``: every unrolled step pays one ``A`` and
 one ``A_pinv`` in the range–null-space projection, plus ``A`` + ``A_pinv`` (= AtA) per
 injector. Each row also records how exact ``A_pinv`` is on the measured data
-(``‖A A† y − y‖ / ‖y‖`` for ``y = A x``) and which solver the operator used. Rows are
+(``‖A A† y − y‖ / ‖y‖`` for ``y = A x``, and in image space the idempotence
+``‖A†A x̂ − x̂‖ / ‖x̂‖`` of ``x̂ = A† y``) and which solver the operator used. Rows are
 driven by :func:`benchmark_cases` (label → operator name and kwargs); a "before" row
 keeps an earlier default for comparison.
 """
@@ -35,6 +36,7 @@ def benchmark_cases(size: int, ct_views: int = 60) -> dict[str, tuple[str, dict]
         "mri 8 coils": ("mri", dict(image_size=size, acceleration=4, center_fraction=0.08)),
         "mri 8 coils 8x": ("mri", dict(image_size=size, acceleration=8, center_fraction=0.04)),
         "ct": ("ct", dict(image_size=size, n_views=ct_views)),
+        "ct fan (arc, 360°)": ("ct", dict(image_size=size, n_views=ct_views, geometry="fan")),
         # The defaults before the full detector and the exact solvers (issue 8).
         "ct before (circle, CG 1e-5)": (
             "ct",
@@ -87,10 +89,13 @@ def run(
                         m: time_call(getattr(op, m), arg, min_run_time)
                         for m, arg in (("A", x), ("At", y), ("A_pinv", y))
                     }
-                    residual = _relative(op.A(op.A_pinv(y)), y)
+                    x_pinv = op.A_pinv(y)
+                    residual = _relative(op.A(x_pinv), y)
+                    idempotence = _relative(op.AtA(x_pinv), x_pinv)
                 row = dict(operator=label, size=size, batch=batch, **times)
                 row["ratio"] = times["A_pinv"] / times["A"]
                 row["residual"] = residual
+                row["idempotence"] = idempotence
                 row["solver"] = getattr(op, "solver", "closed form")
                 views = op.config.get("n_views")
                 row["setting"] = f"{views} views" if views else ""
@@ -119,16 +124,18 @@ def to_markdown(rows: list[dict], command: str) -> str:
         "",
         "Median seconds per call (no autograd), float32. `A_pinv / A` is the cost the IDM core",
         "pays per range–null-space step relative to one forward; `‖AA†y−y‖/‖y‖` how exact",
-        "`A_pinv` is on `y = A x` (x uniform random).",
+        "`A_pinv` is on `y = A x` (x uniform random), `‖A†Ax̂−x̂‖/‖x̂‖` how far `x̂ = A†y` is",
+        "from the row space (both 0 for an exact pseudo-inverse).",
         "",
         "| operator | size | batch | A (s) | At (s) | A_pinv (s) | A_pinv / A "
-        "| ‖AA†y−y‖/‖y‖ | A_pinv solver | setting |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| ‖AA†y−y‖/‖y‖ | ‖A†Ax̂−x̂‖/‖x̂‖ | A_pinv solver | setting |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['operator']} | {r['size']}² | {r['batch']} | {r['A']:.2e} | {r['At']:.2e} "
-            f"| {r['A_pinv']:.2e} | {r['ratio']:.1f} | {r['residual']:.1e} | {r['solver']} "
+            f"| {r['A_pinv']:.2e} | {r['ratio']:.1f} | {r['residual']:.1e} "
+            f"| {r.get('idempotence', float('nan')):.1e} | {r['solver']} "
             f"| {r['setting']} |"
         )
     return "\n".join(lines) + "\n"
