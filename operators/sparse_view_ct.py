@@ -13,7 +13,12 @@ default the detector has ``⌈√2·N⌉`` bins and covers the whole image (skim
 inscribed disc (``circle=True``). ``A`` has far fewer rows than columns, is rank deficient
 (``A Aᵀ`` has exact null vectors, e.g. the difference of the 0° and 90° view sums) and
 is ill conditioned on its range (κ(A Aᵀ) of 1e8-1e9 already at 32²-48²), so no
-preconditioner we tried (ramp filter, Jacobi) makes CG converge in a few iterations.
+preconditioner we tried (ramp filter, Jacobi, both with row scaling) makes CG converge in
+a few iterations. Measured at 48², 20 views (1236 rays that meet the image): the ramp
+filter M puts 75% of the eigenvalues of M·AAᵀ within [0.1, 1]·λ_max, but 209 (17%) lie
+below 1e-3 and spread down to 1e-10, so the small ones are not a few outliers to deflate
+(thousands at 256²); after 160 iterations CG in image or data space, ramp-preconditioned
+or not, is still 8-9% from A⁺y in image space.
 ``A_pinv`` therefore has two solvers:
 
 * ``"direct"``: the dense numerical pseudo-inverse of ``A`` restricted to the rays that
