@@ -1,10 +1,12 @@
 """Finding, describing and checking IDM checkpoints.
 
-A checkpoint is a ``save_pretrained`` directory (``config.json`` + ``model.safetensors``)
-plus, for a trained model, ``training.json`` (the training configuration) and optionally
-``model_card.json`` (``{"data": ..., "validation": {"psnr": ..., "ssim": ...}}``). They are
-looked up by path, or by name among the shipped models (``idm_med/pretrained``) and the
-user's models (``$IDM_MED_HOME/models``, default ``~/.cache/idm-med/models``).
+A checkpoint is a ``save_pretrained`` directory (``config.json`` + the weights,
+``diffusion_pytorch_model.safetensors`` or, before the diffusers layout,
+``model.safetensors``; :mod:`idm_med.model_io`) plus, for a trained model,
+``training.json`` (the training configuration) and optionally ``model_card.json``
+(``{"data": ..., "validation": {"psnr": ..., "ssim": ...}}``). They are looked up by path,
+or by name among the shipped models (``idm_med/pretrained``) and the user's models
+(``$IDM_MED_HOME/models``, default ``~/.cache/idm-med/models``).
 
 :func:`load_idm` turns every loading failure into one :class:`CheckpointError` naming the
 directory; :func:`check_fit` compares what the checkpoint was trained for with the data.
@@ -127,15 +129,14 @@ def config_is_multicoil(config: dict[str, Any]) -> bool:
 
 
 def _candidates() -> list[tuple[str, Path]]:
+    from .model_io import is_idm_checkpoint
     from .pretrained import PRETRAINED_DIR
 
     out = []
     for source, root in (("shipped", PRETRAINED_DIR), ("user", user_models_dir())):
         if root.is_dir():
             # IDM checkpoints only (priors and SR3 models are diffusers UNet directories).
-            out += [
-                (source, p) for p in sorted(root.iterdir()) if (p / "model.safetensors").is_file()
-            ]
+            out += [(source, p) for p in sorted(root.iterdir()) if is_idm_checkpoint(p)]
     return out
 
 
@@ -184,6 +185,16 @@ def default_checkpoint(operator_name: str) -> Path:
     )
 
 
+#: Words of torch's and diffusers' messages for weights that do not fit the config.
+_MISMATCH_WORDS = ("size mismatch", "Missing key", "Unexpected key", "expected shape")
+
+
+def _weights_name(directory: Path) -> str:
+    from .model_io import LEGACY_WEIGHTS_NAME, WEIGHTS_NAME, is_legacy_layout
+
+    return LEGACY_WEIGHTS_NAME if is_legacy_layout(directory) else WEIGHTS_NAME
+
+
 def load_idm(directory: str | os.PathLike):
     """``IDM.from_pretrained`` with every failure as one :class:`CheckpointError`."""
     from .model import IDM
@@ -194,8 +205,8 @@ def load_idm(directory: str | os.PathLike):
         return IDM.from_pretrained(str(directory)).eval()
     except Exception as exc:  # noqa: BLE001 - every loading failure is the checkpoint's
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "size mismatch" in str(exc) or "Missing key" in str(exc):
-            first = "config.json does not match model.safetensors (" + first[:200] + ")"
+        if any(key in str(exc) for key in _MISMATCH_WORDS):
+            first = f"config.json does not match {_weights_name(directory)} ({first[:200]})"
         raise CheckpointError(f"{directory}: cannot load the IDM checkpoint: {first}") from exc
 
 

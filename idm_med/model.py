@@ -35,22 +35,21 @@ are identical:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from safetensors.torch import load_file, save_file
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .backbones import NoiseEstimator, small_unet_config
 from .injectors import InjectorContext, make_injectors
+from .model_io import OPERATOR_WEIGHTS_NAME, WEIGHTS_NAME, StoredOperatorMixin
 from .operators import range_null_space_projection
 from .operators.base import check_finite
 from .reversible import (
@@ -62,12 +61,10 @@ from .reversible import (
 logger = logging.getLogger(__name__)
 
 MEMORY_MODES = ("autograd", "checkpoint", "level1", "level1+2")
-WEIGHTS_NAME = "model.safetensors"
-#: The stored operator's tensors (explicit masks, coil maps, ...) beside the weights.
-OPERATOR_WEIGHTS_NAME = "operator.safetensors"
+__all__ = ["IDM", "MEMORY_MODES", "OPERATOR_WEIGHTS_NAME", "WEIGHTS_NAME"]
 
 
-class IDM(nn.Module, ConfigMixin):
+class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
     """Invertible Diffusion Model: ``IDM(...)(y, operator) -> x̂`` of shape ``(B, C, H, W)``.
 
     Args:
@@ -88,6 +85,10 @@ class IDM(nn.Module, ConfigMixin):
         operator: optional operator config (``op.config``, JSON-safe) stored with
             checkpoints; used when ``forward`` gets no operator. Its tensors (explicit
             masks, coil maps) are saved in ``operator.safetensors``.
+
+    A diffusers model: ``save_pretrained`` / ``from_pretrained(dir, torch_dtype=...)`` read
+    and write a diffusers model directory plus the stored operator
+    (:mod:`idm_med.model_io`).
     """
 
     config_name = "config.json"
@@ -141,6 +142,14 @@ class IDM(nn.Module, ConfigMixin):
         self._operator_cache: nn.Module | None = None
         self._operator_state: dict[str, torch.Tensor] | None = None
         self.memory_mode = "autograd"
+
+    def __getattr__(self, name: str) -> Any:
+        # The config keys ``backbone`` and ``injectors`` are also submodule names: the
+        # submodules win (diffusers' ModelMixin would answer with the config entry).
+        modules = self.__dict__.get("_modules")
+        if modules is not None and name in modules:
+            return modules[name]
+        return super().__getattr__(name)
 
     # -- schedule & couplings ----------------------------------------------------------
     def alphas(self) -> torch.Tensor:
@@ -220,25 +229,9 @@ class IDM(nn.Module, ConfigMixin):
         """Crop ``x`` back to the spatial size of ``like`` (inverse of :meth:`_pad`)."""
         return x[..., : like.shape[-2], : like.shape[-1]]
 
-    def _set_operator_cache(self, operator: nn.Module | None) -> None:
-        # Not a submodule: the stored operator's tensors live in operator.safetensors, not
-        # in the model's state_dict (which must load strictly into a fresh model).
-        object.__setattr__(self, "_operator_cache", operator)
-
     def _resolve_operator(self, operator: nn.Module | None) -> nn.Module:
-        """``operator``, or the stored one: built once from ``config.operator`` (plus the
-        tensors of ``operator.safetensors``) and moved to the model's device and dtype."""
-        if operator is None:
-            if self.config.operator is None:
-                raise ValueError("no operator given and none stored in the model config")
-            if self._operator_cache is None:
-                self._set_operator_cache(
-                    _build_operator(self.config.operator, self._operator_state)
-                )
-            operator = self._operator_cache
-            ref = next(self.parameters())
-            operator.to(device=ref.device, dtype=ref.dtype)
-        return operator
+        """``operator``, or the stored one (:meth:`stored_operator`)."""
+        return self.stored_operator() if operator is None else operator
 
     def _validate(self, y: torch.Tensor, operator: nn.Module) -> None:
         shape = tuple(operator.image_shape)
@@ -319,72 +312,7 @@ class IDM(nn.Module, ConfigMixin):
             out = range_null_space_projection(out, y, self._resolve_operator(operator))
         return out
 
-    # -- persistence -------------------------------------------------------------------
-    def save_pretrained(
-        self, directory: str | os.PathLike, operator: nn.Module | None = None
-    ) -> None:
-        """Write ``config.json`` + ``model.safetensors`` (+ ``operator.safetensors``).
-
-        ``operator`` (optional) becomes the model's stored operator: its JSON-safe
-        ``config`` goes into ``config.json``, its tensors (``state_dict``: explicit masks,
-        coil maps) into ``operator.safetensors``, and ``forward(y)`` without an operator
-        uses it from now on. Everything is serialised and checked (the operator is rebuilt
-        from what will be written) before any file is touched; each file is then written
-        atomically, ``config.json`` last, so a failure leaves the previous checkpoint and
-        the model's config as they were.
-        """
-        from .datasets.atomic import atomic_path
-
-        directory = Path(directory)
-        op_config, op_state, rebuilt = self.config.operator, self._operator_state, None
-        if operator is None and self._operator_cache is not None:
-            operator = self._operator_cache
-        if operator is not None:
-            op_config = dict(operator.config)
-            op_state = {k: v.detach().cpu().contiguous() for k, v in operator.state_dict().items()}
-            rebuilt = _build_operator(op_config, op_state)  # raises before anything is written
-        config = json.loads(self.to_json_string())  # diffusers' layout and metadata
-        config["operator"] = op_config
-        config_text = json.dumps(config, indent=2, sort_keys=True, allow_nan=False)
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        directory.mkdir(parents=True, exist_ok=True)
-        with atomic_path(directory / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt"})
-        if op_config is not None:
-            with atomic_path(directory / OPERATOR_WEIGHTS_NAME) as tmp:
-                save_file(op_state or {}, str(tmp), metadata={"format": "pt"})
-        with atomic_path(directory / self.config_name) as tmp:
-            tmp.write_text(config_text + "\n")
-        if operator is not None:
-            self.register_to_config(operator=op_config)
-            self._set_operator_cache(rebuilt)
-            self._operator_state = op_state
-        logger.info("saved IDM (%d tensors) to %s", len(state), directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> IDM:
-        """Load a model written by :meth:`save_pretrained` (local directory; no download).
-
-        The model takes the dtype of the stored weights; the stored operator (config and
-        ``operator.safetensors``) is rebuilt on first use.
-        """
-        directory = Path(directory)
-        weights = directory / WEIGHTS_NAME
-        if not (directory / cls.config_name).is_file() or not weights.is_file():
-            raise FileNotFoundError(
-                f"{directory} must contain {cls.config_name} and {WEIGHTS_NAME}"
-            )
-        model = cls.from_config(cls.load_config(directory))
-        state = load_file(str(weights))
-        dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
-        if len(dtypes) == 1:
-            model.to(dtypes.pop())
-        model.load_state_dict(state, strict=True)
-        op_weights = directory / OPERATOR_WEIGHTS_NAME
-        if model.config.operator is not None and op_weights.is_file():
-            model._operator_state = load_file(str(op_weights))
-        return model
-
+    # -- construction ----------------------------------------------------------------
     @classmethod
     def from_sd_unet(
         cls, path: str | os.PathLike, image_channels: int = 1, **kwargs: Any
@@ -405,20 +333,16 @@ class IDM(nn.Module, ConfigMixin):
             raise RuntimeError(f"backbone mismatch: missing {missing}, unexpected {unexpected}")
         return model, report
 
-    def num_parameters(self, injectors_only: bool = False) -> int:
-        """Parameter count of the whole model (or of its injectors)."""
-        if injectors_only:
-            return (
-                0 if self.injectors is None else sum(p.numel() for p in self.injectors.parameters())
-            )
-        return sum(p.numel() for p in self.parameters())
-
-
-def _build_operator(config: dict[str, Any], state: dict[str, torch.Tensor] | None) -> nn.Module:
-    """``make_operator(**config)`` with its tensors restored from ``state`` (strict)."""
-    from .operators import make_operator
-
-    operator = make_operator(**config)
-    if state:
-        operator.load_state_dict(state, strict=True)
-    return operator
+    def num_parameters(
+        self,
+        only_trainable: bool = False,
+        exclude_embeddings: bool = False,
+        injectors_only: bool = False,
+    ) -> int:
+        """Parameter count of the whole model (diffusers' arguments), or of its injectors."""
+        if not injectors_only:
+            return super().num_parameters(only_trainable, exclude_embeddings)
+        if self.injectors is None:
+            return 0
+        params = self.injectors.parameters()
+        return sum(p.numel() for p in params if p.requires_grad or not only_trainable)

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "training_state.pt"
+#: Weights files a checkpoint's ``model/`` and ``ema/`` may hold, in order of preference.
+WEIGHTS_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
 
 
 @dataclass
@@ -112,6 +114,17 @@ def _append_log(path: Path, rows: list[tuple]) -> None:
         writer.writerows(rows)
 
 
+def _prepare(
+    accelerator: Any, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """``accelerator.prepare`` the model and optimiser for one or several processes."""
+    if accelerator.num_processes > 1:
+        # No DDP wrapper: IDM's reversible backward writes .grad by hand, which DDP's
+        # reducer does not expect; gradients are averaged explicitly in train_step.
+        return model.to(accelerator.device), accelerator.prepare(optimizer)
+    return accelerator.prepare(model, optimizer)
+
+
 def run(
     model: nn.Module,
     make_batch: Callable[[int, torch.Generator], Any],
@@ -154,13 +167,7 @@ def run(
     if resume:
         start, losses = _resume(ckpt, model, ema, optimizer, settings)
     output.mkdir(parents=True, exist_ok=True)  # only once the run can start
-    if accelerator.num_processes > 1:
-        # No DDP wrapper: IDM's reversible backward writes .grad by hand, which DDP's
-        # reducer does not expect; gradients are averaged explicitly in train_step.
-        model = model.to(accelerator.device)
-        optimizer = accelerator.prepare(optimizer)
-    else:
-        model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = _prepare(accelerator, model, optimizer)
     raw = accelerator.unwrap_model(model)
     model.train()
     log_rows: list[tuple] = []
@@ -264,10 +271,14 @@ def _resume(
         )
 
     def weights(directory: Path) -> dict[str, torch.Tensor]:
-        files = sorted(directory.glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"--resume: no weights in {directory}")
-        return load_file(str(files[0]))
+        # diffusers' weights file (IDM, priors, SR3), or IDM's before the diffusers layout;
+        # never operator.safetensors, which lies beside an IDM's weights.
+        for name in WEIGHTS_FILES:
+            if (directory / name).is_file():
+                return load_file(str(directory / name))
+        raise FileNotFoundError(
+            f"--resume: no weights ({' or '.join(WEIGHTS_FILES)}) in {directory}"
+        )
 
     model.load_state_dict(weights(ckpt / "model"))
     if ema is not None:

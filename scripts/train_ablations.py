@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from idm_med.model_io import is_idm_checkpoint
 from idm_med.recipes import recipe
 from idm_med.training import train
 
@@ -50,7 +51,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 def train_variant(name: str, iterations: int, image_size: int, batch_size: int) -> None:
     """Train (or resume, or skip when finished) one variant and copy its log."""
     out = OUTPUT / name
-    if (out / "training.json").is_file() and (out / "model.safetensors").is_file():
+    if (out / "training.json").is_file() and is_idm_checkpoint(out):
         logging.info("%s: finished, skipped", name)
     else:
         config = recipe(

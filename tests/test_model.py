@@ -197,14 +197,91 @@ def test_save_and_load_round_trip(tmp_path):
     model = _model("sd", op).eval()
     _, y = _data(op, batch=2)
     model.save_pretrained(tmp_path, operator=op)
-    assert (tmp_path / "config.json").is_file() and (tmp_path / "model.safetensors").is_file()
-    loaded = IDM.from_pretrained(tmp_path).eval()
-    assert loaded.config.operator["name"] == "inpainting"
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {"config.json", "diffusion_pytorch_model.safetensors", "operator.safetensors"}
+    loaded = IDM.from_pretrained(tmp_path, torch_dtype=torch.float64)
+    assert loaded.config.operator["name"] == "inpainting" and not loaded.training
     with torch.no_grad():
         expected = model(y, op)
         torch.testing.assert_close(loaded(y, op), expected, rtol=0, atol=0)
         # The checkpoint carries its operator: no operator argument needed.
         torch.testing.assert_close(loaded(y), expected, rtol=0, atol=0)
+
+
+def test_from_pretrained_takes_diffusers_options(tmp_path):
+    """torch_dtype (float32 by default, as diffusers), variants and loading info; the
+    stored operator follows the model's dtype."""
+    op = _operator("inpainting")
+    model = _model("small", op, steps=2).eval()
+    _, y = _data(op)
+    model.save_pretrained(tmp_path / "a", operator=op)
+    assert IDM.from_pretrained(tmp_path / "a").dtype == torch.float32
+    half = IDM.from_pretrained(tmp_path / "a", torch_dtype=torch.float16)
+    assert {p.dtype for p in half.parameters()} == {torch.float16}
+    single = IDM.from_pretrained(tmp_path / "a", torch_dtype=torch.float32)
+    with torch.no_grad():
+        out = single(y.float())
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out.double(), model(y, op), rtol=1e-4, atol=1e-4)
+    model.float().save_pretrained(tmp_path / "b", variant="fp32")
+    assert (tmp_path / "b" / "diffusion_pytorch_model.fp32.safetensors").is_file()
+    loaded, info = IDM.from_pretrained(tmp_path / "b", variant="fp32", output_loading_info=True)
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == []
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_weights_must_match_the_config(tmp_path):
+    """diffusers would re-initialise missing layers and drop unknown ones with a warning;
+    an IDM checkpoint whose weights do not fit its config is refused."""
+    import json
+
+    for stored, claimed in ((True, False), (False, True)):
+        model = IDM(backbone=BACKBONES["small"], steps=1, injectors=stored)
+        model.save_pretrained(tmp_path / "m")
+        config = json.loads((tmp_path / "m" / "config.json").read_text())
+        (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "injectors": claimed}))
+        word = "Unexpected" if stored else "Missing"
+        with pytest.raises(RuntimeError, match=f"{word} key"):
+            IDM.from_pretrained(tmp_path / "m")
+
+
+def test_save_replaces_the_model_files_and_keeps_the_rest(tmp_path, monkeypatch):
+    """The directory is rewritten as a whole: the model's files are replaced (a failed
+    save leaves the previous checkpoint complete), training.json and the like stay."""
+    op = _operator("inpainting")
+    model = _model("small", op, steps=1).eval()
+    _, y = _data(op)
+    model.save_pretrained(tmp_path / "ckpt", operator=op)
+    (tmp_path / "ckpt" / "training.json").write_text("{}")
+    (tmp_path / "ckpt" / "checkpoint").mkdir()
+    (tmp_path / "ckpt" / "checkpoint" / "state.pt").write_bytes(b"x")
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"old layout")
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    # Fails after diffusers wrote config and weights, while writing operator.safetensors.
+    with monkeypatch.context() as m:
+        m.setattr("idm_med.model_io.save_file", disk_full)
+        with pytest.raises(OSError, match="disk full"):
+            model.save_pretrained(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == b"old layout"
+    assert len(list(tmp_path.iterdir())) == 1  # no temporary folder left
+    model.save_pretrained(tmp_path / "ckpt")
+    names = {p.name for p in (tmp_path / "ckpt").iterdir()}
+    assert names == {
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+        "operator.safetensors",
+        "training.json",
+        "checkpoint",
+    }
+    assert (tmp_path / "ckpt" / "checkpoint" / "state.pt").read_bytes() == b"x"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    with torch.no_grad():
+        loaded = IDM.from_pretrained(tmp_path / "ckpt", torch_dtype=torch.float64)
+        torch.testing.assert_close(loaded(y), model(y, op), rtol=0, atol=0)
 
 
 def test_save_with_explicit_mask_and_coil_maps(tmp_path):
@@ -217,14 +294,14 @@ def test_save_with_explicit_mask_and_coil_maps(tmp_path):
     _, y = _data(op)
     model.save_pretrained(tmp_path, operator=op)
     assert (tmp_path / "operator.safetensors").is_file()
-    loaded = IDM.from_pretrained(tmp_path).eval()
+    loaded = IDM.from_pretrained(tmp_path, torch_dtype=torch.float64)
     assert loaded.config.operator["explicit_mask"] is True
     assert loaded.config.operator["num_coils"] == 3
     with torch.no_grad():
         torch.testing.assert_close(loaded(y), model(y, op), rtol=0, atol=0)
     model.save_pretrained(tmp_path / "again")  # the stored operator saves again
     with torch.no_grad():
-        again = IDM.from_pretrained(tmp_path / "again").eval()
+        again = IDM.from_pretrained(tmp_path / "again", torch_dtype=torch.float64)
         torch.testing.assert_close(again(y), model(y, op), rtol=0, atol=0)
 
 
