@@ -14,8 +14,13 @@ arguments. The directory is written as a whole by
 checkpoint, and files that are not the model's (``training.json``, ``model_card.json``,
 ``log.csv``, a training run's ``checkpoint/``) are carried over, hard-linked.
 
-Directories written before the diffusers layout (weights in ``model.safetensors``) still
-load; ``scripts/convert_checkpoints.py`` rewrites them.
+Unlike diffusers, loading is strict: weights that do not fit the config (missing,
+unexpected or resized tensors) raise instead of being re-initialised with a warning.
+
+Directories written before the diffusers layout (weights in ``model.safetensors``; the
+checkpoints shipped in ``idm_med/pretrained`` and ``benchmarks/ablation_models``) still load
+and give the outputs they gave; ``scripts/convert_checkpoints.py``
+(:func:`convert_legacy_checkpoint`) rewrites them, checked bit for bit.
 """
 
 from __future__ import annotations
@@ -250,7 +255,7 @@ class StoredOperatorMixin:
         model.load_state_dict(load_file(str(directory / LEGACY_WEIGHTS_NAME)), strict=True)
         if torch_dtype is not None:
             model.to(torch_dtype)
-        logger.info(
+        logger.debug(
             "%s: pre-diffusers checkpoint layout (scripts/convert_checkpoints.py)", directory
         )
         info = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
