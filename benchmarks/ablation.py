@@ -54,7 +54,9 @@ def _model(name: str):
 
 
 def _trained(name: str) -> bool:
-    return (MODELS / name / "model.safetensors").is_file()
+    from idm_med.model_io import is_idm_checkpoint
+
+    return is_idm_checkpoint(MODELS / name)
 
 
 def _runner(name: str):
@@ -91,8 +93,9 @@ def register() -> list[str]:
         else:
             ok, label = _trained(variant), LABELS[variant]
         if not ok:
-            logger.warning("ablation variant %s not trained: python scripts/train_ablations.py",
-                           variant)
+            logger.warning(
+                "ablation variant %s not trained: python scripts/train_ablations.py", variant
+            )
             continue
         if method not in baselines.METHODS:
             baselines.register(baselines.MethodSpec(method, _runner(variant), label=label))

@@ -32,6 +32,7 @@ from .backbones import sd_layout_config, small_unet_config
 from .datasets import fastmri, images, nifti
 from .datasets.atomic import atomic_write_text
 from .model import IDM
+from .model_io import is_idm_checkpoint
 from .operators import Operator, make_operator
 from .patches import PatchSampler, corpus_sampler
 
@@ -123,7 +124,7 @@ class TrainingConfig:
             final_projection=self.final_projection,
             injectors=self.injectors,
         )
-        if self.init and (Path(self.init) / "model.safetensors").is_file():
+        if self.init and is_idm_checkpoint(self.init):
             return _idm_from_checkpoint(self.init, **kwargs)
         if self.init:
             return idm_from_prior(self.init, **kwargs)

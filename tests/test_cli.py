@@ -226,7 +226,7 @@ def test_checkpoint_errors_are_one_line(tmp_path, h5, caplog, capsys):
     (bad / "config.json").write_text(json.dumps(config))
     args = ("reconstruct", h5, "--method", "idm", "--output", tmp_path / "o")
     assert _run(*args, "--checkpoint", bad) == 2
-    assert "does not match model.safetensors" in caplog.text and str(bad) in caplog.text
+    assert "does not match diffusion_pytorch_model" in caplog.text and str(bad) in caplog.text
     assert "Traceback" not in capsys.readouterr().err
     (bad / "config.json").write_text("{not json")
     caplog.clear()
