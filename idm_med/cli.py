@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="create an (untrained) IDM checkpoint directory, optionally from a local SD UNet",
         description="Build an IDM model and write it with save_pretrained (config.json + "
         "diffusion_pytorch_model.safetensors). With --pretrained, the backbone is Stable "
-        "Diffusion v1.5's UNet trimmed as in the paper, loaded from a local diffusers directory (nothing is "
+        "Diffusion v1.5's UNet trimmed as in the paper, loaded from a local diffusers "
+        "directory (nothing is "
         "downloaded); otherwise it is randomly initialised.",
     )
     init.add_argument("output", help="checkpoint directory to write")
