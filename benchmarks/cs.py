@@ -1,12 +1,13 @@
 """Block Gaussian compressed sensing suite: ``python -m benchmarks cs [--quick]``.
 
 Ratios 0.1, 0.3 and 0.5 on 32×32 blocks (the IDM paper's natural-image CS task), on the
-corpus's test images (cameraman, barbara, monarch).
+corpus's test images (cameraman, barbara, monarch): A†y, tuned TV and l1-wavelet,
+DDNM (100 steps) on the shipped prior and the shipped IDM model (``idm_cs``).
 """
 
 from __future__ import annotations
 
-from benchmarks import natural
+from benchmarks import learned, natural
 from benchmarks.main import suite_main
 from benchmarks.suite import Setting, Suite
 from idm_med.operators import make_operator
@@ -21,12 +22,13 @@ def ratio_setting(ratio: float) -> Setting:
     return Setting(f"ratio {ratio:g}", build, ratio, "block Gaussian CS")
 
 
+learned.register_diffusion()
 SUITE = Suite(
     name="cs",
     title="Block Gaussian compressed sensing on held-out natural images",
     modality="natural",
     settings=tuple(ratio_setting(r) for r in RATIOS),
-    methods=("pinv", "tv", "wavelet"),
+    methods=("pinv", "tv", "wavelet", "ddnm", "idm"),
     encode=natural.encode,
     decode=natural.decode,
     score=natural.score,

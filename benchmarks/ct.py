@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from benchmarks import learned
 from benchmarks.main import suite_main
 from benchmarks.suite import Setting, Suite
 from idm_med import metrics
@@ -33,12 +34,13 @@ def _setting(views: int) -> Setting:
     return Setting(f"{views} views", build, views / 256, "parallel beam")
 
 
+learned.register_diffusion()
 SUITE = Suite(
     name="ct",
     title="Sparse-view CT on held-out real sections",
     modality="ct",
     settings=tuple(_setting(v) for v in VIEWS),
-    methods=("fbp", "pinv", "sart", "tv"),
+    methods=("fbp", "pinv", "sart", "tv", "idm"),
     encode=encode,
     decode=decode,
     score=metrics.ct_metrics,

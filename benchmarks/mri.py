@@ -69,6 +69,7 @@ def _setting(accel: int, mask: str, coils: str) -> Setting:
 
 
 learned.register_shipped()
+learned.register_diffusion()
 SUITE = Suite(
     name="mri",
     title="MRI reconstruction on held-out slices",
@@ -79,7 +80,7 @@ SUITE = Suite(
         for m in ("random", "equispaced")
         for a in (4, 8)
     ),
-    methods=("pinv", "tv", "wavelet", "bart_tv", "bart_l1", "idm_mri_4x"),
+    methods=("pinv", "tv", "wavelet", "bart_tv", "bart_l1", "idm_mri_4x", "idm"),
     encode=encode,
     decode=decode,
     score=metrics.evaluate,

@@ -82,13 +82,16 @@ def test_quality_suite_tiny(tmp_path) -> None:
         max_sources=1,
         max_slices=1,
         settings=("ratio 0.3",),
-        overrides={"tv": {"n_iter": 100}, "wavelet": {"n_iter": 20}},
+        overrides={"tv": {"n_iter": 100}, "wavelet": {"n_iter": 20}, "ddnm": {"steps": 5}},
     )
     tuning = {"cs": {"ratio 0.3": {"tv": {"best": {"lam": 3e-3}, "fixed": {}}}}}
     payload = run_suite(cs.SUITE, config, tuning)
     write_results(cs.SUITE, payload, tmp_path, "test")
     rows = {r["method"]: r for r in json.loads((tmp_path / "cs.json").read_text())["rows"]}
-    assert set(rows) == {"pinv", "tv", "wavelet"}
+    # the learned methods run on the shipped prior / model beside the classical ones
+    assert set(rows) == {"pinv", "tv", "wavelet", "ddnm", "idm"}
+    assert rows["ddnm"]["params"] == {"steps": 5}
+    assert rows["idm"]["psnr"] > rows["pinv"]["psnr"] + 3
     assert rows["tv"]["params"] == {"lam": 3e-3, "n_iter": 100} and rows["tv"]["tuned"]
     assert not rows["wavelet"]["tuned"]  # no tuning record: defaults, flagged
     assert rows["tv"]["psnr"] > rows["pinv"]["psnr"] + 3
