@@ -44,18 +44,22 @@ class ImageReader(Protocol):
     def get_data(self, obj: Any) -> tuple[Any, dict[str, Any]]: ...
 
 
-def _file_with_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
-    return path.is_file() and path.name.lower().endswith(suffixes)
+class SuffixReader:
+    """Base of the single-file formats: a file whose name ends with one of ``suffixes``
+    (case-insensitive)."""
+
+    suffixes: tuple[str, ...] = ()
+
+    def verify_suffix(self, path: Path) -> bool:
+        path = Path(path)
+        return path.is_file() and path.name.lower().endswith(self.suffixes)
 
 
-class FastMRIReader:
+class FastMRIReader(SuffixReader):
     """fastMRI ``.h5``: :class:`~idm_med.datasets.fastmri.FastMRIVolume` (lazy)."""
 
     name = "fastmri"
     suffixes = (".h5", ".hdf5")
-
-    def verify_suffix(self, path: Path) -> bool:
-        return _file_with_suffix(Path(path), self.suffixes)
 
     def read(self, path: Path) -> fastmri.FastMRIVolume:
         return fastmri.FastMRIVolume(path)
@@ -76,14 +80,11 @@ class FastMRIReader:
         return obj, meta
 
 
-class NiftiReader:
+class NiftiReader(SuffixReader):
     """NIfTI ``.nii`` / ``.nii.gz``: :class:`~idm_med.datasets.nifti.NiftiVolume`."""
 
     name = "nifti"
     suffixes = (".nii", ".nii.gz")
-
-    def verify_suffix(self, path: Path) -> bool:
-        return _file_with_suffix(Path(path), self.suffixes)
 
     def read(self, path: Path) -> nifti.NiftiVolume:
         return nifti.read_nifti(path)
@@ -99,14 +100,11 @@ class NiftiReader:
         return obj.data, meta
 
 
-class ImageFileReader:
+class ImageFileReader(SuffixReader):
     """PNG / TIFF / ``.npy``: the luma image ``(1, H, W)`` in [0, 1]."""
 
     name = "image"
     suffixes = images.IMAGE_SUFFIXES
-
-    def verify_suffix(self, path: Path) -> bool:
-        return _file_with_suffix(Path(path), self.suffixes)
 
     def read(self, path: Path) -> torch.Tensor:
         return images.read_image(path)
