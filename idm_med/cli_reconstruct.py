@@ -136,6 +136,40 @@ def _add_measurement_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--factor", type=int, default=4, help="super-resolution factor")
 
 
+def _add_ct_geometry_args(parser: argparse.ArgumentParser) -> None:
+    """The CT scan geometry of DICOM series (parallel beam unless ``--ct-geometry fan``)."""
+    parser.add_argument(
+        "--ct-geometry",
+        choices=["parallel", "fan"],
+        default="parallel",
+        help="CT projection geometry (default parallel). fan: a full 360° fan-beam scan with "
+        "the series' DistanceSourceToPatient (0018,1111) and DistanceSourceToDetector "
+        "(0018,1110), else --source-distance / --detector-distance (IDM models trained on "
+        "parallel beam run on it too)",
+    )
+    parser.add_argument(
+        "--source-distance",
+        type=float,
+        metavar="MM",
+        help="fan beam: source-isocentre distance in mm, used only when the series lacks "
+        "DistanceSourceToPatient (0018,1111) (the tag is preferred when present)",
+    )
+    parser.add_argument(
+        "--detector-distance",
+        type=float,
+        metavar="MM",
+        help="fan beam: source-detector distance in mm, used only when the series lacks "
+        "DistanceSourceToDetector (0018,1110) (the tag is preferred when present)",
+    )
+    parser.add_argument(
+        "--detector",
+        choices=["arc", "flat"],
+        default="arc",
+        help="fan beam: curved detector centred on the source (arc, default; "
+        "third-generation scanners) or a flat panel",
+    )
+
+
 def add_reconstruction_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``demo`` and ``reconstruct`` with ``add(name, **kw)``."""
     demo = add(
@@ -164,7 +198,8 @@ def add_reconstruction_commands(add: Callable[..., argparse.ArgumentParser]) -> 
         "is a series; a folder of other inputs, or a quoted glob, is a batch processed one "
         "volume after another with a summary table). Fully sampled fastMRI files are "
         "undersampled retrospectively (mask seeded from the file name); CT series are "
-        "projected to a sparse-view sinogram; NIfTI slices are undersampled in k-space; "
+        "projected to a sparse-view sinogram (parallel beam, or fan beam with --ct-geometry "
+        "fan); NIfTI slices are undersampled in k-space; "
         "images are measured with --operator. The result is written in the input's format "
         "to OUTPUT/<name>_<method> (fastMRI: OUTPUT/<method>/<name>.h5; DICOM: a new "
         "series folder OUTPUT/<series>_<method>/), with <output>.metrics.json beside it. "
@@ -199,6 +234,7 @@ def add_reconstruction_commands(add: Callable[..., argparse.ArgumentParser]) -> 
         help="run an IDM model on data it was not trained for (operator, coils, channels)",
     )
     _add_measurement_args(rec)
+    _add_ct_geometry_args(rec)
     rec.add_argument(
         "--calib-width",
         type=int,

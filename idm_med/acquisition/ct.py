@@ -4,12 +4,17 @@ The attenuation convention lives in :func:`hu_to_attenuation` and
 :func:`attenuation_to_hu` (and nowhere else): the DICOM reader returns HU
 (:mod:`idm_med.datasets.dicom`), the networks and the CT operator work on normalised
 attenuation in ``[0, 1]``.
+
+The scan geometry is parallel beam by default; :func:`fan_beam_operator` builds the
+fan-beam operator of a series from its DICOM distances (mm, the tags preferred over
+explicit values) converted to the reconstruction grid's pixels.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,12 +22,32 @@ import torch.nn.functional as F
 
 from ..datasets.dicom import CTVolume, as_volume
 from ..operators import Operator, make_operator
+from ..operators.fan_beam import DETECTORS, fan_geometry_from_dicom
 
 logger = logging.getLogger(__name__)
 
 #: HU mapped to 0 (air) and to 1 by :func:`hu_to_attenuation`.
 HU_AIR = -1000.0
 HU_ONE = 3000.0
+
+#: Scan geometries of :func:`check_ct_geometry` / :func:`fan_beam_operator`.
+CT_GEOMETRIES = ("parallel", "fan")
+
+#: What a fan-beam distance is called: DICOM tag, reader attribute, option, meaning.
+_FAN_DISTANCES = {
+    "source": (
+        "DistanceSourceToPatient (0018,1111)",
+        "distance_source_to_patient",
+        "--source-distance",
+        "source–isocentre",
+    ),
+    "detector": (
+        "DistanceSourceToDetector (0018,1110)",
+        "distance_source_to_detector",
+        "--detector-distance",
+        "source–detector",
+    ),
+}
 
 
 def hu_to_attenuation(hu: np.ndarray | torch.Tensor, clip: bool = True):
@@ -127,3 +152,93 @@ def simulate_sparse_view(
         if abs(spacing[1] * rows - spacing[2] * cols) > 1e-3 * spacing[1] * rows:
             logger.warning("non-square field of view resampled to a square grid")
     return SparseViewSimulation(image=x, sinogram=sino, operator=operator, pixel_size_mm=pixel)
+
+
+# -- scan geometry -------------------------------------------------------------------------
+def check_ct_geometry(
+    geometry: str,
+    source_distance_mm: float | None = None,
+    detector_distance_mm: float | None = None,
+    detector: str = "arc",
+) -> None:
+    """Validate the CT scan settings: a known geometry and detector, and the fan-beam
+    options (distances, a flat detector) only with ``geometry="fan"``."""
+    if geometry not in CT_GEOMETRIES:
+        raise ValueError(f"--ct-geometry must be one of {CT_GEOMETRIES}, got {geometry!r}")
+    if detector not in DETECTORS:
+        raise ValueError(f"--detector must be one of {DETECTORS}, got {detector!r}")
+    fan_only = {
+        "--source-distance": source_distance_mm is not None,
+        "--detector-distance": detector_distance_mm is not None,
+        "--detector flat": detector != "arc",
+    }
+    given = [name for name, used in fan_only.items() if used]
+    if geometry != "fan" and given:
+        raise ValueError(f"{', '.join(given)} apply to --ct-geometry fan only")
+
+
+def _series_label(volume: CTVolume) -> str:
+    if volume.files:
+        return str(Path(volume.files[0]).parent)
+    return f"series {volume.series_uid or '(no SeriesInstanceUID)'}"
+
+
+def _fan_distance(volume: CTVolume, which: str, option_mm: float | None) -> float:
+    """One fan-beam distance in mm: the series' tag, else the option, else a clear error."""
+    tag, attribute, option, meaning = _FAN_DISTANCES[which]
+    from_tag = getattr(volume, attribute)
+    if from_tag is None:
+        if option_mm is None:
+            raise ValueError(
+                f"{_series_label(volume)}: the fan-beam geometry needs the {meaning} "
+                f"distance, but the series has no {tag} tag; pass {option} MM"
+            )
+        return float(option_mm)
+    if option_mm is not None and abs(float(option_mm) - from_tag) > 1e-6 * from_tag:
+        logger.warning(
+            "%s: using %s = %g mm from the series, not %s %g",
+            _series_label(volume),
+            tag,
+            from_tag,
+            option,
+            option_mm,
+        )
+    return float(from_tag)
+
+
+def fan_beam_operator(
+    volume: CTVolume,
+    n_views: int,
+    *,
+    image_size: int | None = None,
+    source_distance_mm: float | None = None,
+    detector_distance_mm: float | None = None,
+    detector: str = "arc",
+) -> Operator:
+    """The fan-beam CT operator of a series on an ``image_size`` grid (default: the slice
+    size; the slices must be square then), as :func:`simulate_sparse_view` resamples it.
+
+    The source–isocentre and source–detector distances are the series' tags
+    ``DistanceSourceToPatient`` (0018,1111) and ``DistanceSourceToDetector`` (0018,1110)
+    when present, otherwise ``source_distance_mm`` / ``detector_distance_mm``; a distance
+    known from neither raises naming the tag and the option. They are converted to pixels
+    of the grid (``PixelSpacing · R / N``: the field of view is kept) by
+    :func:`~idm_med.operators.fan_beam.fan_geometry_from_dicom`.
+    """
+    check_ct_geometry("fan", source_distance_mm, detector_distance_mm, detector)
+    rows, cols = volume.shape[1:]
+    if image_size is None:
+        if rows != cols:
+            raise ValueError(f"slices are {rows}x{cols}: pass image_size= for a square grid")
+        image_size = rows
+    source = _fan_distance(volume, "source", source_distance_mm)
+    det = _fan_distance(volume, "detector", detector_distance_mm)
+    pixel = (volume.spacing[1] * rows / image_size, volume.spacing[2] * cols / image_size)
+    try:
+        fan = fan_geometry_from_dicom(det, source, pixel, detector=detector)
+        return make_operator("ct", image_size=image_size, n_views=n_views, geometry="fan", **fan)
+    except ValueError as exc:
+        raise ValueError(
+            f"{_series_label(volume)}: fan beam with source–isocentre {source:g} mm, "
+            f"source–detector {det:g} mm and {pixel[0]:g} x {pixel[1]:g} mm pixels: {exc}"
+        ) from None

@@ -7,7 +7,9 @@ yielding :class:`MeasuredSlice` items; :data:`MEASUREMENTS` maps a reader's ``na
 * ``fastmri`` — the file's k-space, undersampled with its own mask or one seeded from the
   file name; multi-coil slices get coil maps (:func:`~idm_med.acquisition.mri.iter_volume`);
 * ``dicom`` — HU → attenuation, projected to a sparse-view sinogram
-  (:func:`~idm_med.acquisition.ct.simulate_sparse_view`);
+  (:func:`~idm_med.acquisition.ct.simulate_sparse_view`), parallel beam or, with
+  ``settings.ct_geometry="fan"``, fan beam with the series' distances
+  (:func:`~idm_med.acquisition.ct.fan_beam_operator`);
 * ``nifti`` — magnitude slices along ``settings.axis``, scaled to a maximum of 1 and
   undersampled in k-space with one seeded single-coil mask;
 * ``image`` — an image measured with ``settings.operator``.
@@ -26,14 +28,19 @@ from ..datasets.dicom import CTVolume
 from ..datasets.fastmri import FastMRIVolume, center_crop
 from ..datasets.nifti import NiftiVolume, extract_slices
 from ..operators import Operator, make_operator
-from .ct import simulate_sparse_view
+from .ct import check_ct_geometry, fan_beam_operator, simulate_sparse_view
 from .mri import iter_volume
 
 
 @dataclass
 class MeasurementSettings:
     """How the data are (or are simulated to be) measured; each input kind reads the
-    fields it needs. ``slices`` restricts fastMRI / NIfTI inputs to those indices."""
+    fields it needs. ``slices`` restricts fastMRI / NIfTI inputs to those indices.
+
+    CT: ``ct_geometry`` is ``"parallel"`` or ``"fan"``; for fan beam
+    ``source_distance_mm`` / ``detector_distance_mm`` (source–isocentre / source–detector,
+    mm) stand in for the series' tags (0018,1111) / (0018,1110) when it lacks them, and
+    ``detector`` is ``"arc"`` or ``"flat"``."""
 
     acceleration: float | None = 4.0
     center_fraction: float = 0.08
@@ -46,6 +53,10 @@ class MeasurementSettings:
     slices: list[int] | None = None
     operator: str = "gaussian_cs"
     operator_kwargs: dict[str, Any] = field(default_factory=dict)
+    ct_geometry: str = "parallel"
+    source_distance_mm: float | None = None
+    detector_distance_mm: float | None = None
+    detector: str = "arc"
 
 
 @dataclass
@@ -95,8 +106,21 @@ def measure_fastmri(volume: FastMRIVolume, s: MeasurementSettings) -> Iterator[M
 
 
 def measure_ct(volume: CTVolume, s: MeasurementSettings) -> Iterator[MeasuredSlice]:
-    """Sparse-view sinograms of every slice (``s.n_views`` angles, optional noise)."""
-    sim = simulate_sparse_view(volume, s.n_views, noise_level=s.noise_level, seed=s.seed)
+    """Sparse-view sinograms of every slice (``s.n_views`` angles, optional noise), parallel
+    or fan beam (``s.ct_geometry``)."""
+    check_ct_geometry(s.ct_geometry, s.source_distance_mm, s.detector_distance_mm, s.detector)
+    op = None  # parallel beam: simulate_sparse_view's own operator
+    if s.ct_geometry == "fan":
+        op = fan_beam_operator(
+            volume,
+            s.n_views,
+            source_distance_mm=s.source_distance_mm,
+            detector_distance_mm=s.detector_distance_mm,
+            detector=s.detector,
+        )
+    sim = simulate_sparse_view(
+        volume, s.n_views, operator=op, noise_level=s.noise_level, seed=s.seed
+    )
     for i in range(len(sim.sinogram)):
         yield MeasuredSlice(i, sim.operator, sim.sinogram[i : i + 1], sim.image[i, 0].numpy())
 
