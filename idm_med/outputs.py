@@ -113,7 +113,8 @@ class DicomOutput:
 
     def write(self, target: Path, recon: np.ndarray, data: dicom.CTVolume, s, overwrite: bool):
         hu = attenuation_to_hu(recon.clip(0.0, 1.0))
-        description = f"idm-med sparse-view {s.n_views} views"
+        geometry = "" if s.ct_geometry == "parallel" else f" {s.ct_geometry}-beam"
+        description = f"idm-med sparse-view{geometry} {s.n_views} views"
         return dicom.write_dicom_series(
             hu, data, target, description=description, overwrite=overwrite
         )

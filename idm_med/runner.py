@@ -105,6 +105,10 @@ def measurement_settings(args: argparse.Namespace) -> MeasurementSettings:
         axis=args.axis,
         operator=args.operator,
         operator_kwargs=operator_kwargs(args, args.operator),
+        ct_geometry=args.ct_geometry,
+        source_distance_mm=args.source_distance,
+        detector_distance_mm=args.detector_distance,
+        detector=args.detector,
     )
 
 

@@ -208,11 +208,6 @@ def _run(*argv: object) -> int:
     return exc.value.code
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="idm_med/runner.py measurement_settings() must forward ct_geometry, "
-    "source_distance_mm, detector_distance_mm and detector (remove this mark with that patch)",
-)
 def test_cli_fan_beam_end_to_end(tmp_path: Path, caplog) -> None:
     tagged = write_series(tmp_path / "tagged", tags=True)
     plain = write_series(tmp_path / "plain", tags=False)
