@@ -21,6 +21,8 @@ SUITES = {
     "validate": "score an IDM checkpoint on the validation images against the tuned baselines",
     "operators": "time A, At and A_pinv of every operator (results/operators.md)",
     "memory": "training-step memory of the IDM modes over T (results/memory.md)",
+    "training_cost": "cost of one training step per choice: patch, batch, T, width, bf16, "
+    "channels-last, torch.compile (results/training_cost.md)",
     "speed": "reconstruction time of IDM (T=3) against DDNM (100 steps) (results/speed.md)",
 }
 

@@ -137,3 +137,15 @@ def test_bench_cli_runs_a_suite_and_rejects_unknown_ones(tmp_path) -> None:
     with pytest.raises(SystemExit) as done:
         cli.main(["bench", "nope"])
     assert done.value.code == 2
+
+
+def test_training_cost_times_a_choice_and_writes_its_table(tmp_path) -> None:
+    from benchmarks import training_cost
+
+    row = training_cost.time_choice({"image_size": 32, "batch_size": 2}, {}, 0, 1)
+    assert row["seconds"] > 0
+    assert row["pixels_per_second"] == pytest.approx(2 * 32**2 / row["seconds"])
+    rows = [{"choice": "a", **row}, {"choice": "b", "error": "RuntimeError: no compiler"}]
+    payload = {"command": "x", "machine": "m", "warmup": 0, "repeats": 1}
+    table = training_cost.to_markdown(rows, payload)
+    assert "| a | " in table and "| 1.00 |" in table and "failed: RuntimeError" in table
