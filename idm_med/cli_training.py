@@ -113,6 +113,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     args = apply_config_file(args, "pretrain")
     config = PretrainConfig(
         image_channels=args.image_channels,
+        backbone=args.backbone,
         patch_size=args.patch_size,
         batch_size=args.batch_size,
         modalities=_data_weights(args.data),
@@ -131,10 +132,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .prior import load_prior
-    from .sampling import sample
+    from .sampling import image_channels_of, sample, save_grid
 
     unet, scheduler, _ = load_prior(args.prior)
-    c = unet.config.in_channels
+    c = image_channels_of(unet)
     x = sample(
         unet,
         scheduler,
@@ -151,29 +152,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
         torch.save(x, Path(args.output).with_suffix(".pt"))
     print(f"wrote {args.output}")
     return 0
-
-
-def save_grid(path: Path, images: Any, title: str, cols: int = 8) -> None:
-    """A PNG grid of ``(N, H, W)`` images in [0, 1] (written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .datasets.atomic import atomic_path
-
-    n = len(images)
-    cols = min(cols, n)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows + 0.4), squeeze=False)
-    for ax, i in zip(axes.flat, range(rows * cols), strict=True):
-        ax.axis("off")
-        if i < n:
-            ax.imshow(images[i], cmap="gray", vmin=0, vmax=1)
-    fig.suptitle(title, fontsize=9)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 
 def _init_channels(init: str | None) -> int | None:
@@ -323,9 +301,17 @@ def add_training_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     pre = add(
         "pretrain",
         help="pretrain a diffusion prior (DDPM) on the corpus",
-        description="DDPM ε-prediction training of a diffusers UNet2DModel on random "
-        "patches of the corpus' training images; the result is a diffusers directory "
-        "(UNet2DModel.from_pretrained) usable by DDNM, SR3 and `train --init`.",
+        description="DDPM ε-prediction training of a diffusers UNet (small: UNet2DModel; "
+        "sd: the trimmed SD v1.5 UNet2DConditionModel, unconditional) on random patches "
+        "of the corpus' training images; the result is a diffusers directory "
+        "(from_pretrained) usable by DDNM, `sample` and `train --init` (SR3: small only).",
+    )
+    pre.add_argument(
+        "--backbone",
+        choices=["small", "sd"],
+        default="small",
+        help="small: IDM's CPU UNet layout; sd: the paper's trimmed SD v1.5 layout "
+        "(pixel-unshuffled, null text context), no SD weights needed",
     )
     pre.add_argument(
         "--data",

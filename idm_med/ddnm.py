@@ -18,10 +18,11 @@ estimate, so ``A x̂ = y`` for noiseless ``y`` up to the pseudo-inverse's accura
 noise level (``noise_sigma``) the hard projection is replaced by the noise-aware
 data-consistency step (:func:`idm_med.operators.noise_aware_projection`).
 
-``prior`` is a diffusers ``UNet2DModel`` (see :mod:`idm_med.prior`) or any callable
-``ε(x, t)``; a 1-channel prior serves 2-channel complex MRI channel by channel
-(:func:`idm_med.sampling.denoiser`). Images are in the prior's data range (``[0, 1]``,
-or complex with ``|x| ≤ 1``), which is the range idm-med's pipelines use.
+``prior`` is a diffusers ``UNet2DModel``, an SD-layout ``UNet2DConditionModel`` prior (run
+with its null context, see :mod:`idm_med.prior`) or any callable ``ε(x, t)``; a 1-channel
+prior serves 2-channel complex MRI channel by channel (:func:`idm_med.sampling.denoiser`).
+Images are in the prior's data range (``[0, 1]``, or complex with ``|x| ≤ 1``), which is
+the range idm-med's pipelines use.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def ddnm_sample(
     Args:
         y: measurements.
         operator: any :class:`idm_med.operators.Operator` (uses ``A`` and ``A_pinv``).
-        prior: timestep-conditioned noise estimator ``ε(x, t)`` (a ``UNet2DModel``).
+        prior: timestep-conditioned noise estimator ``ε(x, t)`` (a prior UNet of
+            :mod:`idm_med.prior`, small or SD layout, or a callable).
         steps: number of DDIM steps (100 in DDNM).
         eta: DDIM's η in ``[0, 1]`` (DDNM's default 0.85).
         scheduler: the prior's training scheduler (default: DDPM's linear schedule, the

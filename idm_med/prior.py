@@ -1,4 +1,4 @@
-r"""Diffusion priors: DDPM ε-prediction pretraining of a diffusers ``UNet2DModel``.
+r"""Diffusion priors: DDPM ε-prediction pretraining of a diffusers UNet.
 
 A prior is the noise estimator ``ε_θ(x_t, t)`` that DDNM samples with and that IDM is
 fine-tuned from. It is trained with the DDPM objective
@@ -19,10 +19,23 @@ hands to a method — so DDNM and IDM use the prior without an affine change of 
 (which would not commute with the operators). The 2-channel MRI variant learns complex
 images ``m·e^{iφ}`` with ``|m| ≤ 1`` and a random smooth phase, as (real, imaginary).
 
+**Backbones.** ``backbone="small"`` (the default) trains a ``UNet2DModel`` with the layout
+of IDM's small backbone; ``backbone="sd"`` trains a ``UNet2DConditionModel`` with the
+layout of IDM's SD backbone (:func:`idm_med.backbone_layout.sd_layout_config`: SD v1.5
+trimmed to two resolutions, no mid block), with its time embedding, so that an SD-layout
+prior can be made without Stable Diffusion weights. It is trained *unconditionally*, and
+run as IDM runs its SD backbone (:func:`idm_med.sampling.unet_eps`): images are
+pixel-unshuffled by 2 (1 channel → 4 UNet channels) and the cross-attention always gets
+the same *null context*, zeros of shape ``(B, 1, cross_attention_dim)``. With a single
+context token every cross-attention outputs a constant (its ``to_out`` bias), which
+:func:`idm_med.training.idm_from_prior` folds into the self-attention's output bias when
+IDM (which has no cross-attention) is built from the prior.
+
 A prior directory is a plain diffusers model directory (``config.json`` +
-``diffusion_pytorch_model.safetensors``, loadable by ``UNet2DModel.from_pretrained``) plus
+``diffusion_pytorch_model.safetensors``, loadable by ``UNet2DModel.from_pretrained``, or
+``UNet2DConditionModel.from_pretrained`` for an SD-layout prior) plus
 ``scheduler_config.json`` (``DDPMScheduler.from_pretrained``) and ``prior.json`` (data range,
-channels, training record).
+channels, backbone, training record).
 """
 
 from __future__ import annotations
@@ -36,16 +49,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from torch import nn
 
 from . import train_loop
-from .backbones import small_unet_config
+from .backbones import sd_layout_config, small_unet_config
 from .patches import PatchSampler, corpus_sampler
+from .sampling import SD_UNSHUFFLE, is_sd_prior, unet_eps
 
 logger = logging.getLogger(__name__)
 
 PRIOR_INFO = "prior.json"
+BACKBONES = ("small", "sd")
+#: The diffusers class of each backbone (the ``_class_name`` of a prior's config.json).
+PRIOR_CLASSES = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
 
 
 def prior_unet_config(image_channels: int = 1, **overrides: Any) -> dict[str, Any]:
@@ -53,6 +70,17 @@ def prior_unet_config(image_channels: int = 1, **overrides: Any) -> dict[str, An
     weights load into :func:`idm_med.backbones.small_unet_config` by name)."""
     cfg = {**small_unet_config()["unet"], **overrides}
     cfg.update(in_channels=image_channels, out_channels=image_channels)
+    return cfg
+
+
+def sd_prior_unet_config(image_channels: int = 1, **overrides: Any) -> dict[str, Any]:
+    """``UNet2DConditionModel`` kwargs of an SD-layout prior: the trimmed SD layout of
+    IDM's SD backbone (no mid block; ``overrides`` as for :func:`sd_layout_config`), with
+    ``image_channels·4`` input/output channels for the 2×2 pixel-unshuffled images, so
+    its weights load into the backbone by name."""
+    cfg = dict(sd_layout_config(**overrides)["unet"])
+    unet_channels = image_channels * SD_UNSHUFFLE**2
+    cfg.update(in_channels=unet_channels, out_channels=unet_channels)
     return cfg
 
 
@@ -70,7 +98,12 @@ LAYOUT_KEYS = (
 
 
 def layout_of(unet: UNet2DModel) -> dict[str, Any]:
-    """The layout part of a prior's config (widths, block types, norms)."""
+    """The layout part of a small prior's config (widths, block types, norms)."""
+    if is_sd_prior(unet):
+        raise ValueError(
+            "an SD-layout prior (UNet2DConditionModel) has no UNet2DModel layout: SR3 and "
+            "IDM's small backbone start from a small prior (idm-med pretrain --backbone small)"
+        )
     return {k: unet.config[k] for k in LAYOUT_KEYS if k in unet.config}
 
 
@@ -87,7 +120,9 @@ def default_scheduler() -> DDPMScheduler:
 
 
 # -- saving / loading ------------------------------------------------------------------------
-def save_prior(unet: UNet2DModel, directory: str | Path, info: dict[str, Any]) -> None:
+def save_prior(
+    unet: UNet2DModel | UNet2DConditionModel, directory: str | Path, info: dict[str, Any]
+) -> None:
     """Write a prior directory (diffusers UNet + scheduler config + ``prior.json``)."""
     directory = Path(directory)
     unet.save_pretrained(directory, safe_serialization=True)
@@ -97,13 +132,21 @@ def save_prior(unet: UNet2DModel, directory: str | Path, info: dict[str, Any]) -
 
 def load_prior(
     directory: str | Path, torch_dtype: torch.dtype | None = None
-) -> tuple[UNet2DModel, DDPMScheduler, dict[str, Any]]:
+) -> tuple[UNet2DModel | UNet2DConditionModel, DDPMScheduler, dict[str, Any]]:
     """``(unet, scheduler, info)`` of a prior directory (or of any local diffusers
-    ``UNet2DModel`` directory: the scheduler then defaults to DDPM's, info to ``{}``)."""
+    ``UNet2DModel`` / ``UNet2DConditionModel`` directory: the scheduler then defaults to
+    DDPM's, info to ``{}``). The class is the one config.json's ``_class_name`` names
+    (``UNet2DModel`` when it names none)."""
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{directory}: not a diffusers model directory (no config.json)")
-    unet = UNet2DModel.from_pretrained(directory, torch_dtype=torch_dtype).eval()
+    name = json.loads((directory / "config.json").read_text()).get("_class_name", "UNet2DModel")
+    if name not in PRIOR_CLASSES:
+        raise ValueError(
+            f"{directory}: a prior is a UNet2DModel or UNet2DConditionModel, "
+            f"config.json names {name!r}"
+        )
+    unet = PRIOR_CLASSES[name].from_pretrained(directory, torch_dtype=torch_dtype).eval()
     if (directory / "scheduler_config.json").is_file():
         scheduler = DDPMScheduler.from_pretrained(directory)
     else:
@@ -119,12 +162,14 @@ class PretrainConfig:
     """A prior's pretraining run (saved in ``prior.json``)."""
 
     image_channels: int = 1
+    backbone: str = "small"  # "small" (UNet2DModel) or "sd" (UNet2DConditionModel)
     patch_size: int = 64
     batch_size: int = 16
     modalities: dict[str, float] = field(
         default_factory=lambda: {"natural": 0.4, "mri": 0.4, "ct": 0.2}
     )
-    unet: dict[str, Any] = field(default_factory=dict)  # overrides of prior_unet_config
+    # overrides of prior_unet_config / sd_prior_unet_config (the chosen backbone's layout)
+    unet: dict[str, Any] = field(default_factory=dict)
     init: str | None = None  # a prior directory to start from (e.g. 1-channel → 2-channel)
     loop: train_loop.LoopConfig = field(default_factory=train_loop.LoopConfig)
 
@@ -135,6 +180,11 @@ def _init_from(unet: UNet2DModel, directory: str) -> None:
     from .backbones import _adapt_channels
 
     src, _, _ = load_prior(directory)
+    if type(src) is not type(unet):
+        raise ValueError(
+            f"{directory}: a {type(src).__name__} prior cannot start a {type(unet).__name__} "
+            "one (pretrain --init needs a prior of the same --backbone)"
+        )
     target = unet.state_dict()
     state = {}
     for key, value in src.state_dict().items():
@@ -149,17 +199,31 @@ def _init_from(unet: UNet2DModel, directory: str) -> None:
 
 
 def ddpm_loss(scheduler: DDPMScheduler) -> Any:
-    """The DDPM ε-prediction loss ``loss_fn(unet, x0, generator)`` on ``scheduler``."""
+    """The DDPM ε-prediction loss ``loss_fn(unet, x0, generator)`` on ``scheduler`` (an
+    SD-layout prior is called with the null context, :func:`idm_med.sampling.unet_eps`)."""
 
     def loss_fn(unet: nn.Module, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
         dev = next(unet.parameters()).device
         x0, noise, t = x0.to(dev), noise.to(dev), t.to(dev)
-        pred = unet(scheduler.add_noise(x0, noise, t), t).sample
+        pred = unet_eps(unet, scheduler.add_noise(x0, noise, t), t)
         return F.mse_loss(pred.float(), noise)
 
     return loss_fn
+
+
+def make_prior_unet(config: PretrainConfig) -> UNet2DModel | UNet2DConditionModel:
+    """The freshly initialised UNet of ``config.backbone``."""
+    if config.backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {BACKBONES}, got {config.backbone!r}")
+    if config.backbone == "small":
+        return UNet2DModel(**prior_unet_config(config.image_channels, **config.unet))
+    unet = UNet2DConditionModel(**sd_prior_unet_config(config.image_channels, **config.unet))
+    multiple = SD_UNSHUFFLE * 2 ** (len(unet.down_blocks) - 1)
+    if config.patch_size % multiple:
+        raise ValueError(f"patch_size must be a multiple of {multiple}, got {config.patch_size}")
+    return unet
 
 
 def pretrain(
@@ -168,16 +232,18 @@ def pretrain(
     sampler: PatchSampler | None = None,
     resume: bool = False,
     progress: bool = True,
-) -> UNet2DModel:
+) -> UNet2DModel | UNet2DConditionModel:
     """Pretrain a prior and write it to ``output`` (checkpoints in ``output/checkpoint``)."""
     output = Path(output)
     sampler = sampler or corpus_sampler(config.patch_size, config.image_channels, config.modalities)
     torch.manual_seed(config.loop.seed)
-    unet = UNet2DModel(**prior_unet_config(config.image_channels, **config.unet))
+    unet = make_prior_unet(config)
     if config.init and not resume:
         _init_from(unet, config.init)
     scheduler = default_scheduler()
     record = {k: v for k, v in asdict(config).items() if k != "loop"}
+    if config.backbone == "small":  # the default: left out so older runs still resume
+        del record["backbone"]
 
     def save(model: nn.Module, directory: Path) -> None:
         info = {
@@ -186,6 +252,8 @@ def pretrain(
             "data_range": [0.0, 1.0] if config.image_channels == 1 else "complex, |x| <= 1",
             "pretraining": {**record, "loop": asdict(config.loop)},
         }
+        if config.backbone == "sd":
+            info.update(backbone="sd", pixel_unshuffle=SD_UNSHUFFLE, context="zeros (B, 1, D)")
         log = output / "log.csv"
         if log.is_file():
             rows = log.read_text().strip().splitlines()[1:]

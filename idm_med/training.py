@@ -8,11 +8,11 @@ operator of that setting (MRI and inpainting masks redrawn every step) and minim
 distance between ``IDM(y, A)`` and the ground truth (the paper's loss).
 
 The model starts from a diffusion prior (``init``: the paper's recipe, see
-:func:`idm_from_prior`), from a local Stable Diffusion UNet (``backbone`` = its
-directory) or from scratch. The loop is :func:`idm_med.train_loop.run` (Accelerate,
-atomic checkpoints, exact and settings-checked resume, CSV log); multi-process runs
-average gradients explicitly, so every memory mode (reversible ones included) trains the
-same under ``accelerate launch`` / ``torchrun``.
+:func:`idm_from_prior`; a small or an SD-layout prior), from a local Stable Diffusion
+UNet (``backbone`` = its directory) or from scratch. The loop is
+:func:`idm_med.train_loop.run` (Accelerate, atomic checkpoints, exact and settings-checked
+resume, CSV log); multi-process runs average gradients explicitly, so every memory mode
+(reversible ones included) trains the same under ``accelerate launch`` / ``torchrun``.
 """
 
 from __future__ import annotations
@@ -193,10 +193,19 @@ def _idm_from_checkpoint(directory: str, **kwargs: Any) -> IDM:
 def _fold_time_embedding(prior_unet: nn.Module, t: int) -> dict[str, torch.Tensor]:
     """The prior's weights with its time embedding at timestep ``t`` folded into the bias
     of every resnet's first convolution (diffusers adds ``time_emb_proj(silu(emb))`` right
-    after ``conv1``), so the time-free network equals the prior at ``t`` exactly."""
+    after ``conv1``), so the time-free network equals the prior at ``t`` exactly.
+
+    An SD-layout prior's cross-attentions (which IDM drops) see the one-token null context
+    (:func:`idm_med.sampling.null_context`), so each adds a constant right after its
+    block's self-attention: that constant is folded into the self-attention's output bias,
+    keeping the equality exact."""
+    from diffusers.models.attention import BasicTransformerBlock
     from diffusers.models.resnet import ResnetBlock2D
 
+    from .sampling import null_context
+
     state = {k: v.clone() for k, v in prior_unet.state_dict().items()}
+    dropped: list[str] = []
     with torch.no_grad():
         tt = torch.tensor([t])
         emb = prior_unet.time_embedding(prior_unet.time_proj(tt).to(prior_unet.dtype))
@@ -204,7 +213,19 @@ def _fold_time_embedding(prior_unet: nn.Module, t: int) -> dict[str, torch.Tenso
             if isinstance(module, ResnetBlock2D) and module.time_emb_proj is not None:
                 shift = module.time_emb_proj(module.nonlinearity(emb))[0]
                 state[f"{name}.conv1.bias"] += shift
-    return {k: v for k, v in state.items() if "time_emb" not in k and "time_proj" not in k}
+            elif isinstance(module, BasicTransformerBlock) and module.attn2 is not None:
+                if module.norm_type != "layer_norm" or module.only_cross_attention:
+                    raise ValueError(f"{name}: only SD's layer-norm transformer blocks fold")
+                query = torch.zeros(1, 1, module.attn2.query_dim, dtype=prior_unet.dtype)
+                context = null_context(prior_unet, 1, query)
+                const = module.attn2(query, encoder_hidden_states=context)[0, 0]
+                state[f"{name}.attn1.to_out.0.bias"] += const
+                dropped += [f"{name}.attn2.", f"{name}.norm2."]
+    return {
+        k: v
+        for k, v in state.items()
+        if "time_emb" not in k and "time_proj" not in k and not k.startswith(tuple(dropped))
+    }
 
 
 def idm_from_prior(directory: str | Path, image_channels: int = 1, **kwargs: Any) -> IDM:
@@ -216,13 +237,25 @@ def idm_from_prior(directory: str | Path, image_channels: int = 1, **kwargs: Any
     denoiser at that noise level rather than from a network with its bias terms removed.
     A 1-channel prior serves 2-channel images (conv_in / conv_out shared by the real and
     imaginary parts).
+
+    A small prior gives the small backbone; an SD-layout prior (``pretrain --backbone sd``)
+    gives the SD backbone with the prior's layout
+    (:func:`idm_med.sd_unet.trimmed_unet_config`), its time embedding folded the same way
+    and its null-context cross-attention folded too (:func:`_fold_time_embedding`), so at
+    initialisation IDM's estimator equals the prior at that timestep. (``--backbone DIR``
+    with a Stable Diffusion UNet instead drops the time embedding, as the paper does.)
     """
     from .backbones import _adapt_channels
     from .prior import layout_of, load_prior
+    from .sampling import is_sd_prior
+    from .sd_unet import trimmed_unet_config
 
     unet, scheduler, _ = load_prior(directory)
-    cfg = layout_of(unet)
-    model = IDM(backbone=small_unet_config(**cfg), image_channels=image_channels, **kwargs)
+    if is_sd_prior(unet):
+        backbone = sd_layout_config(**trimmed_unet_config(dict(unet.config)))
+    else:
+        backbone = small_unet_config(**layout_of(unet))
+    model = IDM(backbone=backbone, image_channels=image_channels, **kwargs)
     alpha0 = float(model.alphas_cumprod().detach()[(model.steps + 1) // 2])
     t = int(torch.argmin((scheduler.alphas_cumprod - alpha0).abs()))
     state = _fold_time_embedding(unet, t)
@@ -235,7 +268,7 @@ def idm_from_prior(directory: str | Path, image_channels: int = 1, **kwargs: Any
     missing, unexpected = model.backbone.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("groups.") for k in missing):
         raise ValueError(
-            f"{directory}: prior does not fit IDM's small backbone "
+            f"{directory}: prior does not fit IDM's {backbone['kind']} backbone "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     logger.info(
