@@ -29,4 +29,4 @@ def test_two_channel_sr3_from_a_one_channel_prior_is_the_prior_on_each_part(tmp_
         ref = unet(x, t).sample
     assert out.shape == (2, 2, 16, 16)
     torch.testing.assert_close(out[:, :1], ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out[:, 1:], ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[:, 1:], ref, rtol=1e-4, atol=1e-5)
