@@ -3,8 +3,8 @@
 Block Gaussian CS (ratios 0.1 / 0.3 / 0.5) on the corpus's test images. Every IDM row is
 a model of ``scripts/train_ablations.py`` (the ``cs`` recipe at 64² patches, the same
 iterations and seed, one thing changed): T = 1…5 unrolled steps, without injectors,
-without the final range–null-space step, from scratch instead of from the prior, and one
-model per ratio (applied to its own ratio only) against one model for all three. Two
+without the final range–null-space step, from scratch instead of from the prior, started
+from noise around A†y instead of A†y (seeded per image), and one model per ratio (applied to its own ratio only) against one model for all three. Two
 training-free rows complete the end-to-end vs noise-estimation-only comparison: the
 prior's noise estimator unrolled into the same T = 3 IDM steps without fine-tuning, and
 DDNM (100 steps) on that prior. Memory against T is in ``benchmarks/results/memory.md``.
@@ -40,6 +40,7 @@ LABELS = {
     "no_injectors": "no injectors",
     "no_final_projection": "no final range–null-space step",
     "scratch": "from scratch",
+    "noisy_start": "noisy start √ᾱ_T A†y + √(1−ᾱ_T) ε",
     "ratio_0.1": "one model per ratio",
     "ratio_0.3": "one model per ratio",
     "ratio_0.5": "one model per ratio",
@@ -62,6 +63,7 @@ def _trained(name: str) -> bool:
 def _runner(name: str):
     def run(y: torch.Tensor, operator: Operator) -> torch.Tensor:
         variant = f"ratio_{operator.config['ratio']:g}" if name == "per_ratio" else name
+        torch.manual_seed(0)  # the noisy-start variant draws its ε from the global generator
         with torch.no_grad():
             return _model(variant)(y, operator)
 

@@ -185,6 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         steps=args.steps,
         memory_mode=args.memory_mode,
         final_projection=not args.no_final_projection,
+        start=args.start,
         batch_size=args.batch_size,
         data=_data_weights(args.corpus or [DEFAULT_DATA[args.operator]]),
         loop=_loop_config(args, 0.0),
@@ -373,6 +374,12 @@ def add_training_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
         "--no-final-projection",
         action="store_true",
         help="end without the range-null-space step (the paper's network)",
+    )
+    tr.add_argument(
+        "--start",
+        choices=["pinv", "noisy"],
+        default="pinv",
+        help="x_T = sqrt(abar_T) A+y (pinv, default) or that plus sqrt(1-abar_T) noise (ablation)",
     )
     _loop_args(tr, 1000, 5e-4, 4)
     tr.set_defaults(func=cmd_train)

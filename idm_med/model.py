@@ -61,6 +61,8 @@ from .reversible import (
 logger = logging.getLogger(__name__)
 
 MEMORY_MODES = ("autograd", "checkpoint", "level1", "level1+2")
+#: How ``x̂_T`` is made from ``A†y`` (the ``start`` option of :class:`IDM`).
+START_MODES = ("pinv", "noisy")
 __all__ = ["IDM", "MEMORY_MODES", "OPERATOR_WEIGHTS_NAME", "WEIGHTS_NAME"]
 
 
@@ -82,6 +84,10 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         final_projection: end with one range–null-space step, so that ``A x̂ = y`` for
             noiseless data (the last level-1 coupling mixes the unprojected state ``h_0``
             into the output); ``False`` is the paper's network as published.
+        start: ``"pinv"``: ``x̂_T = √ᾱ_T A†y``, the expectation of the noisy start (the
+            paper's choice); ``"noisy"``: ``x̂_T = √ᾱ_T A†y + √(1-ᾱ_T) ε`` with
+            ``ε ~ N(0, I)`` drawn from torch's global generator (the ablation "A†y vs
+            noise initialisation"; seed with ``torch.manual_seed`` for repeatable output).
         operator: optional operator config (``op.config``, JSON-safe) stored with
             checkpoints; used when ``forward`` gets no operator. Its tensors (explicit
             masks, coil maps) are saved in ``operator.safetensors``.
@@ -108,8 +114,11 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         v_min: float = 0.05,
         operator: dict[str, Any] | None = None,
         final_projection: bool = True,
+        start: str = "pinv",
     ) -> None:
         super().__init__()
+        if start not in START_MODES:
+            raise ValueError(f"start must be one of {START_MODES}, got {start!r}")
         if int(steps) != steps or steps < 1:
             raise ValueError(f"steps (T) must be an integer >= 1, got {steps}")
         if not 0.0 < v_min < 0.5:
@@ -119,6 +128,7 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         self.coupling = bool(coupling)
         self.v_min = float(v_min)
         self.final_projection = bool(final_projection)
+        self.start = start
         self.backbone = NoiseEstimator(
             backbone or small_unet_config(), image_channels, invertible_blocks, v_min=v_min
         )
@@ -276,7 +286,10 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
             partial(self._step, i, y=y, operator=operator, ctx=ctx, level2_mode=level2_mode)
             for i in range(self.steps)
         ]
-        x_T = torch.sqrt(self.alphas_cumprod()[self.steps]) * x_pinv
+        alpha_bar_T = self.alphas_cumprod()[self.steps]
+        x_T = torch.sqrt(alpha_bar_T) * x_pinv
+        if self.start == "noisy":
+            x_T = x_T + torch.sqrt(1 - alpha_bar_T) * torch.randn_like(x_pinv)
         if not self.coupling:
             return functions, None, x_T, None
         return functions, self.coupling_weights(), x_T, self.w_T * x_T

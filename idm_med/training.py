@@ -107,6 +107,7 @@ class TrainingConfig:
     memory_mode: str = "level1+2"
     final_projection: bool = True
     injectors: bool = True  # False: the ablation without measurement injectors
+    start: str = "pinv"  # "noisy": the ablation "A†y vs noise initialisation" (IDM.start)
     batch_size: int = 4
     data: dict[str, float] = field(default_factory=lambda: {"mri": 1.0})
     loop: train_loop.LoopConfig = field(
@@ -123,6 +124,7 @@ class TrainingConfig:
             steps=self.steps,
             final_projection=self.final_projection,
             injectors=self.injectors,
+            start=self.start,
         )
         if self.init and is_idm_checkpoint(self.init):
             return _idm_from_checkpoint(self.init, **kwargs)
@@ -185,8 +187,9 @@ def _idm_from_checkpoint(directory: str, **kwargs: Any) -> IDM:
                 f"{directory}: checkpoint has {key}={model.config[key]}, training asks for "
                 f"{kwargs[key]} (pass --image-channels / --steps to match)"
             )
-    model.final_projection = kwargs["final_projection"]
-    model.register_to_config(final_projection=kwargs["final_projection"])
+    # Neither option changes the weights: both are taken from the request.
+    model.final_projection, model.start = kwargs["final_projection"], kwargs["start"]
+    model.register_to_config(final_projection=kwargs["final_projection"], start=kwargs["start"])
     return model
 
 

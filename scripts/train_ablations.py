@@ -6,8 +6,9 @@ The paper's ablations at this machine's scale, on its natural-image task (block 
 CS, ratios 0.1 / 0.3 / 0.5): every variant is the ``cs`` recipe of
 :mod:`idm_med.recipes` at 64² patches, batch 4, the same iterations and seed, with one
 thing changed — the number of unrolled steps T, no injectors, no final range–null-space
-step, training from scratch instead of from the prior, or one model per ratio instead of
-one for all three. Models go to ``runs/ablation/<name>`` (not shipped: the script makes
+step, training from scratch instead of from the prior, a noisy start
+``√ᾱ_T A†y + √(1-ᾱ_T) ε`` instead of ``√ᾱ_T A†y``, or one model per ratio instead of one
+for all three. Models go to ``runs/ablation/<name>`` (not shipped: the script makes
 them again in about an hour on 2 CPU cores, one thread per run); a run that stops resumes
 from its last checkpoint when the script is started again, and finished ones are skipped.
 Each model's ``log.csv`` and ``training.json`` are copied to
@@ -42,6 +43,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_injectors": {"injectors": False},
     "no_final_projection": {"final_projection": False},
     "scratch": {"from_scratch": True},
+    "noisy_start": {"start": "noisy"},
     "ratio_0.1": {"operator": {"ratio": 0.1}},
     "ratio_0.3": {"operator": {"ratio": 0.3}},
     "ratio_0.5": {"operator": {"ratio": 0.5}},

@@ -4,6 +4,7 @@
     python scripts/train_idm.py mri --output idm_med/pretrained/idm_mri
     python scripts/train_idm.py cs  --output idm_med/pretrained/idm_cs
     python scripts/train_idm.py cs  --output runs/idm_cs_scratch --from-scratch   # ablation
+    python scripts/train_idm.py ct  --output runs/idm_ct --image-size 64 --operator-option pinv=direct
 
 Interrupted runs continue with ``--resume``. On 2 CPU cores the presets take 15-30 minutes
 each (single thread per run, fp32, plain autograd: the small backbone at 96² needs no
@@ -15,12 +16,24 @@ SD v1.5 UNet directory).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 
 import torch
 
 from idm_med.recipes import PRESETS, recipe
 from idm_med.training import train
+
+
+def _option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> ``(KEY, VALUE)``, VALUE parsed as JSON when it is JSON."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--operator-option expects KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def main() -> None:
@@ -42,6 +55,13 @@ def main() -> None:
     )
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument(
+        "--operator-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help='update the preset operator, VALUE as JSON (e.g. pinv=\"direct\" for CT at 64²)',
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -55,6 +75,7 @@ def main() -> None:
         from_scratch=args.from_scratch,
         mixed_precision=args.mixed_precision,
         checkpoint_every=args.checkpoint_every,
+        operator=dict(_option(text) for text in args.operator_option),
     )
     train(config, args.output, resume=args.resume)
 
