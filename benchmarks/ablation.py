@@ -4,7 +4,9 @@ Block Gaussian CS (ratios 0.1 / 0.3 / 0.5) on the corpus's test images. Every ID
 a model of ``scripts/train_ablations.py`` (the ``cs`` recipe at 64² patches, the same
 iterations and seed, one thing changed): T = 1…5 unrolled steps, without injectors,
 without the final range–null-space step, from scratch instead of from the prior, started
-from noise around A†y instead of A†y (seeded per image), and one model per ratio (applied to its own ratio only) against one model for all three. Two
+from noise around A†y instead of A†y (seeded per image), and one model per ratio
+(applied to its own ratio only) against one model for all three. The supervised baseline
+of the same data and budget is a U-Net post-processing A†y, trained from scratch. Two
 training-free rows complete the end-to-end vs noise-estimation-only comparison: the
 prior's noise estimator unrolled into the same T = 3 IDM steps without fine-tuning, and
 DDNM (100 steps) on that prior. Memory against T is in ``benchmarks/results/memory.md``.
@@ -41,6 +43,7 @@ LABELS = {
     "no_final_projection": "no final range–null-space step",
     "scratch": "from scratch",
     "noisy_start": "noisy start √ᾱ_T A†y + √(1−ᾱ_T) ε",
+    "postprocessing_unet": "supervised U-Net on A†y (from scratch, same budget)",
     "ratio_0.1": "one model per ratio",
     "ratio_0.3": "one model per ratio",
     "ratio_0.5": "one model per ratio",
@@ -50,14 +53,15 @@ LABELS = {
 @cache
 def _model(name: str):
     from idm_med.checkpoints import load_idm
+    from idm_med.postprocessing_unet import PostProcessingUNet
 
+    if name == "postprocessing_unet":
+        return PostProcessingUNet.from_pretrained(MODELS / name).eval()
     return load_idm(MODELS / name).eval()
 
 
 def _trained(name: str) -> bool:
-    from idm_med.model_io import is_idm_checkpoint
-
-    return is_idm_checkpoint(MODELS / name)
+    return (MODELS / name / "config.json").is_file()  # written when the run ends
 
 
 def _runner(name: str):

@@ -51,6 +51,20 @@ logger = logging.getLogger(__name__)
 LEVEL2_MODES = ("autograd", "reversible")
 
 
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Replicate-pad ``(B, C, H, W)`` at the bottom/right so ``H`` and ``W`` are multiples of
+    ``multiple`` (a UNet downsamples), so any image size can go through a backbone."""
+    pad_h, pad_w = -x.shape[-2] % multiple, -x.shape[-1] % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    return nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+def crop_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Crop ``x`` to the spatial size of ``like`` (the inverse of :func:`pad_to_multiple`)."""
+    return x[..., : like.shape[-2], : like.shape[-1]]
+
+
 class NoiseEstimator(nn.Module):
     """A diffusers UNet run without timestep, with injection sites and level-2 couplings.
 

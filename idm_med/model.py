@@ -47,7 +47,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .backbones import NoiseEstimator, small_unet_config
+from .backbones import NoiseEstimator, crop_like, pad_to_multiple, small_unet_config
 from .injectors import InjectorContext, make_injectors
 from .model_io import OPERATOR_WEIGHTS_NAME, WEIGHTS_NAME, StoredOperatorMixin
 from .operators import range_null_space_projection
@@ -226,18 +226,10 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         return torch.sqrt(abar[t - 1]) * x0 + torch.sqrt(1 - abar[t - 1]) * eps
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        """Replicate-pad ``(B, C, H, W)`` at the bottom/right to the backbone's size multiple
-        (the UNet downsamples), so any image size can be reconstructed."""
-        m = self.backbone.size_multiple
-        pad_h, pad_w = -x.shape[-2] % m, -x.shape[-1] % m
-        if pad_h == 0 and pad_w == 0:
-            return x
-        return nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        """``x`` padded to the backbone's size multiple (:func:`pad_to_multiple`)."""
+        return pad_to_multiple(x, self.backbone.size_multiple)
 
-    @staticmethod
-    def _unpad(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Crop ``x`` back to the spatial size of ``like`` (inverse of :meth:`_pad`)."""
-        return x[..., : like.shape[-2], : like.shape[-1]]
+    _unpad = staticmethod(crop_like)
 
     def _resolve_operator(self, operator: nn.Module | None) -> nn.Module:
         """``operator``, or the stored one (:meth:`stored_operator`)."""

@@ -35,12 +35,15 @@ from .model import IDM
 from .model_io import is_idm_checkpoint
 from .operators import Operator, make_operator
 from .patches import PatchSampler, corpus_sampler
+from .postprocessing_unet import PostProcessingUNet
 
 logger = logging.getLogger(__name__)
 
 #: Operators whose mask is redrawn every step (a seed drawn from the step's generator; the
 #: others draw nothing, so their batch stream does not depend on this list's members).
 _RANDOM_MASKS = ("mri", "inpainting")
+#: What ``TrainingConfig.architecture`` builds: IDM, or the supervised U-Net baseline.
+ARCHITECTURES = ("idm", "postprocessing_unet")
 
 
 # -- data --------------------------------------------------------------------------------
@@ -108,6 +111,8 @@ class TrainingConfig:
     final_projection: bool = True
     injectors: bool = True  # False: the ablation without measurement injectors
     start: str = "pinv"  # "noisy": the ablation "A†y vs noise initialisation" (IDM.start)
+    # "postprocessing_unet": the supervised U-Net on A†y baseline, trained from scratch
+    architecture: str = "idm"
     batch_size: int = 4
     data: dict[str, float] = field(default_factory=lambda: {"mri": 1.0})
     loop: train_loop.LoopConfig = field(
@@ -118,7 +123,18 @@ class TrainingConfig:
         """``{option: choices}`` of the operator options drawn per batch."""
         return {k: v for k, v in self.operator.items() if isinstance(v, list)}
 
-    def make_model(self) -> IDM:
+    def make_model(self) -> IDM | PostProcessingUNet:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}"
+            )
+        if self.architecture == "postprocessing_unet":
+            if self.init:
+                raise ValueError("the post-processing U-Net trains from scratch: set init=None")
+            backbone = self.backbone if isinstance(self.backbone, dict) else None
+            if backbone is None and self.backbone != "small":
+                raise ValueError("the post-processing U-Net takes backbone 'small' or a dict")
+            return PostProcessingUNet(backbone=backbone, image_channels=self.image_channels)
         kwargs = dict(
             image_channels=self.image_channels,
             steps=self.steps,
@@ -281,6 +297,20 @@ def idm_from_prior(directory: str | Path, image_channels: int = 1, **kwargs: Any
 
 
 # -- loop ----------------------------------------------------------------------------------
+#: Options left out of ``training.json`` at these defaults, so that runs (and shipped
+#: models) from before the option existed still resume and compare equal.
+_OMITTED_AT_DEFAULT = {"injectors": True, "start": "pinv", "architecture": "idm"}
+
+
+def training_record(config: TrainingConfig) -> dict[str, Any]:
+    """The settings of ``config`` saved in ``training.json`` (without ``loop``)."""
+    record = {k: v for k, v in asdict(config).items() if k != "loop"}
+    for key, default in _OMITTED_AT_DEFAULT.items():
+        if record[key] == default:
+            del record[key]
+    return record
+
+
 def train(
     config: TrainingConfig,
     output: str | Path,
@@ -311,9 +341,7 @@ def train(
     model = config.make_model()
     model.set_memory_mode(config.memory_mode)
     operators = OperatorPool(config.operator, config.image_size)
-    record = {k: v for k, v in asdict(config).items() if k != "loop"}
-    if config.injectors:  # the default: left out so runs from before the option still resume
-        del record["injectors"]
+    record = training_record(config)
 
     def make_batch(step: int, gen: torch.Generator) -> torch.Tensor:
         return sampler.batch(config.batch_size, gen)

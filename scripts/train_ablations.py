@@ -8,9 +8,11 @@ CS, ratios 0.1 / 0.3 / 0.5): every variant is the ``cs`` recipe of
 thing changed — the number of unrolled steps T, no injectors, no final range–null-space
 step, training from scratch instead of from the prior, a noisy start
 ``√ᾱ_T A†y + √(1-ᾱ_T) ε`` instead of ``√ᾱ_T A†y``, or one model per ratio instead of one
-for all three. Models go to ``runs/ablation/<name>`` (not shipped: the script makes
-them again in about an hour on 2 CPU cores, one thread per run); a run that stops resumes
-from its last checkpoint when the script is started again, and finished ones are skipped.
+for all three. One more model is the supervised baseline with the same data and budget: a
+U-Net post-processing A†y, trained from scratch (:mod:`idm_med.postprocessing_unet`).
+Models go to ``runs/ablation/<name>`` (not shipped: the script makes them again in about
+an hour on 2 CPU cores, one thread per run); a run that stops resumes from its last
+checkpoint when the script is started again, and finished ones are skipped.
 Each model's ``log.csv`` and ``training.json`` are copied to
 ``benchmarks/results/ablation_logs/<name>/``.
 """
@@ -25,7 +27,6 @@ from typing import Any
 
 import torch
 
-from idm_med.model_io import is_idm_checkpoint
 from idm_med.recipes import recipe
 from idm_med.training import train
 
@@ -44,6 +45,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_final_projection": {"final_projection": False},
     "scratch": {"from_scratch": True},
     "noisy_start": {"start": "noisy"},
+    "postprocessing_unet": {"from_scratch": True, "architecture": "postprocessing_unet"},
     "ratio_0.1": {"operator": {"ratio": 0.1}},
     "ratio_0.3": {"operator": {"ratio": 0.3}},
     "ratio_0.5": {"operator": {"ratio": 0.5}},
@@ -53,7 +55,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 def train_variant(name: str, iterations: int, image_size: int, batch_size: int) -> None:
     """Train (or resume, or skip when finished) one variant and copy its log."""
     out = OUTPUT / name
-    if (out / "training.json").is_file() and is_idm_checkpoint(out):
+    if (out / "training.json").is_file() and (out / "config.json").is_file():
         logging.info("%s: finished, skipped", name)
     else:
         config = recipe(

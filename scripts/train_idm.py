@@ -4,7 +4,7 @@
     python scripts/train_idm.py mri --output idm_med/pretrained/idm_mri
     python scripts/train_idm.py cs  --output idm_med/pretrained/idm_cs
     python scripts/train_idm.py cs  --output runs/idm_cs_scratch --from-scratch   # ablation
-    python scripts/train_idm.py ct  --output runs/idm_ct --image-size 64 --operator-option pinv=direct
+    python scripts/train_idm.py ct  --output runs/idm_ct --operator-option pinv=direct
 
 Interrupted runs continue with ``--resume``. On 2 CPU cores the presets take 15-30 minutes
 each (single thread per run, fp32, plain autograd: the small backbone at 96² needs no
@@ -60,7 +60,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help='update the preset operator, VALUE as JSON (e.g. pinv=\"direct\" for CT at 64²)',
+        help='update the preset operator, VALUE as JSON (e.g. pinv="direct" for CT at 64²)',
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -15,6 +15,7 @@ from idm_med import metrics
 from idm_med.model import IDM
 from idm_med.operators import make_operator
 from idm_med.recipes import PRESETS, recipe
+from idm_med.training import training_record
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "idm_med" / "pretrained"
 
@@ -23,12 +24,8 @@ PRETRAINED = Path(__file__).resolve().parents[1] / "idm_med" / "pretrained"
 def test_recipe_reproduces_the_shipped_models_settings(name, modality):
     saved = json.loads((PRETRAINED / name / "training.json").read_text())
     config = recipe(modality, iterations=saved["loop"]["iterations"])
-    record = asdict(config)
-    record.pop("injectors")  # left out of the record at its default (train())
-    assert {k: v for k, v in record.items() if k != "loop"} == {
-        k: v for k, v in saved.items() if k != "loop"
-    }
-    assert record["loop"] == saved["loop"]
+    assert training_record(config) == {k: v for k, v in saved.items() if k != "loop"}
+    assert asdict(config.loop) == saved["loop"]
 
 
 def test_recipe_overrides_and_errors():

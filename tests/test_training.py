@@ -16,6 +16,7 @@ from idm_med import prior, train_loop
 from idm_med.backbones import small_unet_config
 from idm_med.datasets.phantoms import random_ellipse_batch
 from idm_med.model import IDM
+from idm_med.postprocessing_unet import PostProcessingUNet
 from idm_med.training import (
     OperatorPool,
     TrainingConfig,
@@ -82,6 +83,28 @@ def test_short_training_run_reduces_the_loss_and_saves(tmp_path):
     assert model.config.operator["name"] == "inpainting"
     assert json.loads((tmp_path / "training.json").read_text())["steps"] == 2
     assert (tmp_path / "checkpoint" / "training_state.pt").is_file()
+
+
+def test_postprocessing_unet_baseline_trains_saves_and_loads(tmp_path):
+    config = _config(40, 20, architecture="postprocessing_unet", memory_mode="autograd")
+    losses = train(config, tmp_path, data=_data(), progress=False).losses
+    assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
+    model = PostProcessingUNet.from_pretrained(tmp_path).double()
+    assert json.loads((tmp_path / "training.json").read_text())["architecture"] == (
+        "postprocessing_unet"
+    )
+    op = model.stored_operator()
+    x = torch.rand(2, *op.image_shape, dtype=torch.float64)
+    y = op.A(x)
+    with torch.no_grad():
+        out = model(y)
+        # x̂ = A†y + f(A†y): the network's residual is all it adds.
+        residual = model.unet(op.A_pinv(y))
+    torch.testing.assert_close(out, op.A_pinv(y) + residual)
+    with pytest.raises(ValueError, match="from scratch"):
+        _config(architecture="postprocessing_unet", init="some/prior").make_model()
+    with pytest.raises(ValueError, match="architecture"):
+        _config(architecture="resnet").make_model()
 
 
 def test_resume_continues_exactly_and_refuses_other_settings(tmp_path):
