@@ -217,6 +217,13 @@ def _slice_dataset(
     # Not part of the CT IOD but widely read; keeps the spacing of a one-slice series.
     ds.SpacingBetweenSlices = format_number_as_ds(float(reference.spacing[0]))
     ds.SliceLocation = format_number_as_ds(float(reference.positions[k] @ reference.normal))
+    # The scan's fan-beam geometry, so the derived series can be measured the same way.
+    for keyword, value in (
+        ("DistanceSourceToDetector", reference.distance_source_to_detector),
+        ("DistanceSourceToPatient", reference.distance_source_to_patient),
+    ):
+        if value is not None:
+            setattr(ds, keyword, format_number_as_ds(float(value)))
 
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"

@@ -19,7 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .acquisition import MeasuredSlice, MeasurementSettings, attenuation_to_hu
+from .acquisition import (
+    MeasuredSlice,
+    MeasurementSettings,
+    attenuation_to_hu,
+    with_fan_distances,
+)
 from .datasets import dicom, fastmri, images, nifti
 
 
@@ -114,6 +119,8 @@ class DicomOutput:
     def write(self, target: Path, recon: np.ndarray, data: dicom.CTVolume, s, overwrite: bool):
         hu = attenuation_to_hu(recon.clip(0.0, 1.0))
         geometry = "" if s.ct_geometry == "parallel" else f" {s.ct_geometry}-beam"
+        if s.ct_geometry == "fan":
+            data = with_fan_distances(data, s.source_distance_mm, s.detector_distance_mm)
         description = f"idm-med sparse-view{geometry} {s.n_views} views"
         return dicom.write_dicom_series(
             hu, data, target, description=description, overwrite=overwrite

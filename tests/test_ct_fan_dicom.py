@@ -225,3 +225,8 @@ def test_cli_fan_beam_end_to_end(tmp_path: Path, caplog) -> None:
     assert _run("reconstruct", plain, "--output", tmp_path / "opt", *common, *fan, *mm) == 0
     c = dicom.read_dicom_series(tmp_path / "opt" / "plain_pinv")
     np.testing.assert_allclose(c.hu, a.hu, atol=1.0)  # the same geometry as the tags
+    # The written series records the geometry it was reconstructed with (tags or options).
+    for out in (a, c):
+        assert out.distance_source_to_patient == pytest.approx(SID_MM)
+        assert out.distance_source_to_detector == pytest.approx(SDD_MM)
+    assert b.distance_source_to_patient == pytest.approx(SID_MM)  # copied from the source

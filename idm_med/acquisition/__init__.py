@@ -21,8 +21,10 @@ from .ct import (
     HU_ONE,
     SparseViewSimulation,
     attenuation_to_hu,
+    fan_beam_operator,
     hu_to_attenuation,
     simulate_sparse_view,
+    with_fan_distances,
 )
 from .measure import MEASUREMENTS, MeasuredSlice, MeasurementSettings, count_slices
 from .mri import (
@@ -47,6 +49,7 @@ __all__ = [
     "add_kspace_noise",
     "add_poisson_noise",
     "attenuation_to_hu",
+    "fan_beam_operator",
     "coil_combine",
     "count_slices",
     "estimate_coil_maps",
@@ -56,6 +59,7 @@ __all__ = [
     "rss",
     "sampled_centre_width",
     "simulate_sparse_view",
+    "with_fan_distances",
     "simulate_targets",
     "slice_coil_maps",
     "synthetic_coil_maps",

@@ -13,7 +13,7 @@ explicit values) converted to the reconstruction grid's pixels.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +181,25 @@ def _series_label(volume: CTVolume) -> str:
     if volume.files:
         return str(Path(volume.files[0]).parent)
     return f"series {volume.series_uid or '(no SeriesInstanceUID)'}"
+
+
+def with_fan_distances(
+    volume: CTVolume, source_distance_mm: float | None, detector_distance_mm: float | None
+) -> CTVolume:
+    """``volume`` carrying the fan-beam distances a reconstruction used (its tags where
+    present, the options otherwise, as :func:`fan_beam_operator` resolves them), so a
+    series written from it records the geometry in (0018,1111) / (0018,1110)."""
+
+    def resolved(tag_mm: float | None, option_mm: float | None) -> float | None:
+        return tag_mm if tag_mm is not None else option_mm
+
+    return replace(
+        volume,
+        distance_source_to_patient=resolved(volume.distance_source_to_patient, source_distance_mm),
+        distance_source_to_detector=resolved(
+            volume.distance_source_to_detector, detector_distance_mm
+        ),
+    )
 
 
 def _fan_distance(volume: CTVolume, which: str, option_mm: float | None) -> float:
