@@ -7,6 +7,7 @@ import sys
 
 import torch
 
+from benchmarks import suite_merge
 from benchmarks.options import base_parser
 from benchmarks.suite import RunConfig, Suite, run_suite, write_results
 
@@ -24,6 +25,12 @@ def suite_main(suite: Suite, argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=None, help="image size (default 256)")
     parser.add_argument("--settings", nargs="+", default=None, help="only these settings")
     parser.add_argument("--methods", nargs="+", default=None, help="only these methods")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --methods: add those rows to the existing results, keeping the others "
+        "(benchmarks/suite_merge.py)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = RunConfig.quick() if args.quick else RunConfig()
@@ -31,10 +38,17 @@ def suite_main(suite: Suite, argv: list[str] | None = None) -> None:
         config = RunConfig(args.size, config.max_sources, config.max_slices)
     if args.settings:
         config = RunConfig(config.size, config.max_sources, config.max_slices, tuple(args.settings))
+    if args.merge and not args.methods:
+        parser.error("--merge needs --methods (the methods to add)")
+    previous = suite_merge.load_previous(args.output_dir, suite.name) if args.merge else None
+    methods = suite.methods
     if args.methods:
         from dataclasses import replace
 
         suite = replace(suite, methods=tuple(args.methods))
     payload = run_suite(suite, config)
     command = " ".join(["python -m benchmarks", suite.name, *argv])
+    if previous is not None:
+        payload = suite_merge.merge(*previous, payload, methods)
+        command = payload.pop("command", command)  # the full-suite command stays
     write_results(suite, payload, args.output_dir, command)

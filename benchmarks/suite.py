@@ -26,6 +26,7 @@ import torch
 from benchmarks import data, figures
 from benchmarks.machine import describe_machine
 from benchmarks.measure import timed
+from benchmarks.suite_merge import panels_path, save_panels
 from idm_med import baselines
 from idm_med.baselines.tuning import load_tuning, tuned_params
 from idm_med.datasets.atomic import atomic_path
@@ -248,6 +249,7 @@ def write_results(suite: Suite, payload: dict, out_dir: Path, command: str) -> P
     """Write ``<suite>.md``, ``<suite>.json`` and the figures into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     shown = payload.pop("_shown")
+    save_panels(panels_path(out_dir, suite.name), shown)  # for a later --merge
     payload["command"] = command
     for setting, panels in shown.items():
         figures.reconstruction_grid(

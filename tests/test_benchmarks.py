@@ -89,9 +89,10 @@ def test_quality_suite_tiny(tmp_path) -> None:
     write_results(cs.SUITE, payload, tmp_path, "test")
     rows = {r["method"]: r for r in json.loads((tmp_path / "cs.json").read_text())["rows"]}
     # the learned methods run on the shipped prior / model beside the classical ones
-    assert set(rows) == {"pinv", "tv", "wavelet", "ddnm", "idm"}
+    assert set(rows) == {"pinv", "tv", "wavelet", "ddnm", "idm", "idm_scratch"}
     assert rows["ddnm"]["params"] == {"steps": 5}
     assert rows["idm"]["psnr"] > rows["pinv"]["psnr"] + 3
+    assert rows["idm_scratch"]["psnr"] != rows["idm"]["psnr"]  # another model
     assert rows["tv"]["params"] == {"lam": 3e-3, "n_iter": 100} and rows["tv"]["tuned"]
     assert not rows["wavelet"]["tuned"]  # no tuning record: defaults, flagged
     assert rows["tv"]["psnr"] > rows["pinv"]["psnr"] + 3
@@ -102,6 +103,41 @@ def test_quality_suite_tiny(tmp_path) -> None:
     assert "| TV (Chambolle–Pock) |" in table and "(untuned)" in table
     assert (tmp_path / "cs_ratio-0-3.png").stat().st_size > 0
     assert (tmp_path / "cs_psnr.png").stat().st_size > 0
+
+
+def test_merge_adds_methods_to_existing_results(tmp_path) -> None:
+    """``--merge`` measures only the added methods: the merged rows equal a single run of
+    all of them (deterministic methods), the kept rows keep their timings, and runs on
+    other images are refused."""
+    from dataclasses import replace
+
+    from benchmarks import cs, suite_merge
+    from benchmarks.suite import RunConfig, run_suite, write_results
+
+    config = RunConfig(size=32, max_sources=1, max_slices=1, settings=("ratio 0.3",))
+    config = replace(config, overrides={"tv": {"n_iter": 20}})
+    tuning = {}
+    both = run_suite(replace(cs.SUITE, methods=("pinv", "tv")), config, tuning)
+    first = run_suite(replace(cs.SUITE, methods=("tv",)), config, tuning)
+    write_results(cs.SUITE, first, tmp_path, "python -m benchmarks cs")
+    old = suite_merge.load_previous(tmp_path, "cs")
+    kept_seconds = old[0]["rows"][0]["seconds"]
+    added = run_suite(replace(cs.SUITE, methods=("pinv",)), config, tuning)
+    merged = suite_merge.merge(*old, added, cs.SUITE.methods)
+    assert [r["method"] for r in merged["rows"]] == ["pinv", "tv"]  # the suite's order
+    for got, want in zip(merged["rows"], both["rows"], strict=True):
+        assert got["psnr"] == pytest.approx(want["psnr"], abs=1e-9)
+    assert merged["rows"][1]["seconds"] == kept_seconds
+    assert list(merged["_shown"]["ratio 0.3"]) == ["reference", "A†y", "TV (Chambolle–Pock)"]
+    write_results(cs.SUITE, merged, tmp_path, merged.pop("command"))
+    saved = json.loads((tmp_path / "cs.json").read_text())
+    assert saved["command"] == "python -m benchmarks cs"
+    assert saved["merged_runs"][0]["methods"] == ["pinv"]
+    other = run_suite(replace(cs.SUITE, methods=("pinv",)), replace(config, size=64), tuning)
+    with pytest.raises(ValueError, match="size"):
+        suite_merge.merge(*suite_merge.load_previous(tmp_path, "cs"), other, cs.SUITE.methods)
+    with pytest.raises(FileNotFoundError, match="run the full suite"):
+        suite_merge.load_previous(tmp_path / "none", "cs")
 
 
 def test_tune_and_mri_suite_tiny(tmp_path) -> None:
