@@ -61,6 +61,17 @@ IDM_BY_OPERATOR = {
 }
 
 
+#: Shipped SR3 models (conditional diffusion, one task each), by operator name.
+SR3_BY_OPERATOR = {"superres": "sr3_superres"}
+
+
+def _run_sr3(y: torch.Tensor, operator: Operator, steps: int = 100) -> torch.Tensor:
+    from idm_med.diffusion_methods import sr3_method
+    from idm_med.pretrained import pretrained_path
+
+    return sr3_method(pretrained_path(SR3_BY_OPERATOR[operator.name]), steps=steps)(y, operator)
+
+
 def _run_ddnm(y: torch.Tensor, operator: Operator, steps: int = 100) -> torch.Tensor:
     from idm_med.diffusion_methods import ddnm_method
 
@@ -95,8 +106,8 @@ def _prior_shipped() -> bool:
 
 
 def register_diffusion() -> None:
-    """Register DDNM (shipped prior), IDM fine-tuned from it, and the from-scratch
-    ablation model (idempotent)."""
+    """Register DDNM (shipped prior), SR3 (shipped SR3 models), IDM fine-tuned from the
+    prior, and the from-scratch ablation model (idempotent)."""
     specs = [
         baselines.MethodSpec(
             "ddnm",
@@ -104,6 +115,13 @@ def register_diffusion() -> None:
             params={"steps": 100},
             available=_prior_shipped,
             label="DDNM (100 steps, prior)",
+        ),
+        baselines.MethodSpec(
+            "sr3",
+            _run_sr3,
+            params={"steps": 100},
+            applies=lambda op: op.name in SR3_BY_OPERATOR and _shipped(SR3_BY_OPERATOR[op.name]),
+            label="SR3 (DDIM 100 steps)",
         ),
         baselines.MethodSpec(
             "idm",

@@ -3,14 +3,15 @@ DDNM (idm_med.ddnm), on tiny UNets."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from idm_med import patches, prior, sampling, train_loop
+from idm_med import prior, sampling, train_loop
 from idm_med.ddnm import ddnm_sample
 from idm_med.operators import make_operator
+
+from .prior_helpers import pretrain_tiny, random_sampler
 
 TINY = dict(block_out_channels=(8, 16, 16), norm_num_groups=4)
 
@@ -18,12 +19,6 @@ TINY = dict(block_out_channels=(8, 16, 16), norm_num_groups=4)
 def _unet(channels: int = 1) -> UNet2DModel:
     torch.manual_seed(0)
     return UNet2DModel(**prior.prior_unet_config(channels, **TINY)).double().eval()
-
-
-def _sampler(channels: int = 1) -> patches.PatchSampler:
-    rng = np.random.default_rng(0)
-    images = {"natural": [rng.random((40, 50)).astype(np.float32) for _ in range(3)]}
-    return patches.PatchSampler(images, {"natural": 1.0}, size=16, channels=channels)
 
 
 def test_scheduler_is_ddpm_linear():
@@ -37,7 +32,7 @@ def test_scheduler_is_ddpm_linear():
 
 @pytest.mark.parametrize("channels", [1, 2])
 def test_patch_sampler_is_seeded_and_in_range(channels):
-    s = _sampler(channels)
+    s = random_sampler(channels)
     a = s.batch(4, train_loop.step_generator(0, 5))
     b = s.batch(4, train_loop.step_generator(0, 5))
     c = s.batch(4, train_loop.step_generator(0, 6))
@@ -52,19 +47,8 @@ def test_patch_sampler_is_seeded_and_in_range(channels):
         assert float(a[:, 1].abs().max()) > 0.05
 
 
-def _pretrain(tmp_path, name, iterations, resume=False, channels=1, init=None):
-    cfg = prior.PretrainConfig(
-        image_channels=channels,
-        patch_size=16,
-        batch_size=2,
-        modalities={"natural": 1.0},
-        unet=TINY,
-        init=init,
-        loop=train_loop.LoopConfig(iterations=iterations, checkpoint_every=2, warmup=2),
-    )
-    return prior.pretrain(
-        cfg, tmp_path / name, sampler=_sampler(channels), resume=resume, progress=False
-    )
+def _pretrain(root, name, iterations, **kwargs):
+    return pretrain_tiny(root, name, iterations, TINY, **kwargs)
 
 
 def test_pretrain_resumes_exactly_and_round_trips(tmp_path):
@@ -155,7 +139,7 @@ def test_sr3_starts_from_the_prior_and_samples(tmp_path):
     with torch.no_grad():  # so at init SR3 is the prior's denoiser
         a = sr3(torch.cat([x, torch.rand_like(x)], 1), torch.full((2,), 50)).sample
         torch.testing.assert_close(a, unet(x, torch.full((2,), 50)).sample)
-    train_sr3(cfg, tmp_path / "sr3", sampler=_sampler(), progress=False)
+    train_sr3(cfg, tmp_path / "sr3", sampler=random_sampler(), progress=False)
     model, sched, info = load_sr3(tmp_path / "sr3")
     assert info["kind"] == "sr3" and info["operator"]["factor"] == [2, 4]
     op = make_operator("superres", image_size=16, factor=2)

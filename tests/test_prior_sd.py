@@ -9,37 +9,21 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
-from idm_med import patches, prior, sampling, train_loop
+from idm_med import prior, sampling
 from idm_med.ddnm import ddnm_sample
 from idm_med.model import IDM
 from idm_med.operators import make_operator
 from idm_med.training import TrainingConfig, idm_from_prior
+
+from .prior_helpers import pretrain_tiny
 
 TINY = dict(
     block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=16, attention_head_dim=4
 )
 
 
-def _sampler(channels: int = 1) -> patches.PatchSampler:
-    rng = np.random.default_rng(0)
-    images = {"natural": [rng.random((40, 50)).astype(np.float32) for _ in range(3)]}
-    return patches.PatchSampler(images, {"natural": 1.0}, size=16, channels=channels)
-
-
-def _pretrain(tmp_path, name, iterations, resume=False, channels=1, init=None):
-    cfg = prior.PretrainConfig(
-        image_channels=channels,
-        backbone="sd",
-        patch_size=16,
-        batch_size=2,
-        modalities={"natural": 1.0},
-        unet=TINY,
-        init=init,
-        loop=train_loop.LoopConfig(iterations=iterations, checkpoint_every=2, warmup=2),
-    )
-    return prior.pretrain(
-        cfg, tmp_path / name, sampler=_sampler(channels), resume=resume, progress=False
-    )
+def _pretrain(root, name, iterations, **kwargs):
+    return pretrain_tiny(root, name, iterations, TINY, backbone="sd", **kwargs)
 
 
 @pytest.fixture(scope="module")
