@@ -20,7 +20,9 @@ down to ~1e-10 σ_max at 8×), so the solve is done in float64 whatever the inpu
 precision, and ``rtol`` bounds the noise amplification by ``1 / rtol``.
 
 Cost: the factor ``(H, W, N_c K)`` complex128 (``16 H W N_c K`` bytes, ~570 MB at 256²,
-8 coils, 4×) is built once per mask and coil maps (``H`` SVDs of ``N_c K × W``); each
+8 coils, 4×) is built once per mask and coil maps (``H`` SVDs of ``N_c K × n_h``, with
+``n_h ≤ W`` the columns of row ``h`` where some coil is sensitive: 13 s instead of 72 s on
+one core for a 256² ESPIRiT slice at 4×, whose maps vanish outside the head); each
 application is one FFT along ``H`` and one batched matrix–vector product. The map is
 linear, so autograd differentiates it exactly.
 """
@@ -43,46 +45,69 @@ def centred_dft_matrix(n: int, dtype: torch.dtype = torch.complex128) -> torch.T
     return torch.fft.fftshift(spectrum, dim=0)
 
 
-def row_systems(maps: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """The blocks ``E_h``: ``(H, N_c K, W)`` complex from maps ``(N_c, H, W)`` complex and
-    the ``K`` sampled column indices ``columns``; row index ``c·K + k``."""
-    n_coils, height, width = maps.shape
+def _supports(maps: torch.Tensor) -> list[torch.Tensor]:
+    """Per image row, the columns where some coil is sensitive: elsewhere ``x[h, w]`` is
+    in the null space of ``A`` (ESPIRiT maps are zero outside the object)."""
+    covered = (maps.abs() > 0).any(dim=0)  # (H, W)
+    return [torch.nonzero(row).flatten() for row in covered]
+
+
+def restricted_systems(
+    maps: torch.Tensor, columns: torch.Tensor, rows: list[int], index: torch.Tensor
+) -> torch.Tensor:
+    """The blocks ``E_h`` of ``rows`` restricted to the image columns ``index`` ``(R, n)``
+    (one row of indices per block; index ``W`` is a zero column, for padding):
+    ``(R, N_c K, n)``, ``E_h[(c, k), j] = F_W[v_k, index_j] S_c[h, index_j]``."""
+    n_coils, _, width = maps.shape
+    zero = maps.new_zeros(n_coils, len(rows), 1)
+    sub = torch.cat([maps[:, rows], zero], -1)  # (N_c, R, W + 1)
+    sub = torch.gather(sub, 2, index[None].expand(n_coils, -1, -1))  # (N_c, R, n)
     fk = centred_dft_matrix(width, maps.dtype).to(maps.device)[columns]  # (K, W)
-    blocks = fk[None, None] * maps.permute(1, 0, 2)[:, :, None, :]  # (H, N_c, K, W)
-    return blocks.reshape(height, n_coils * len(columns), width)
+    fk = torch.cat([fk, fk.new_zeros(len(columns), 1)], -1)[:, index]  # (K, R, n)
+    blocks = fk.permute(1, 0, 2)[:, None] * sub.permute(1, 0, 2)[:, :, None, :]  # (R, N_c, K, n)
+    return blocks.reshape(len(rows), n_coils * len(columns), index.shape[1])
 
 
 def sense_pinv_factor(maps: torch.Tensor, mask: torch.Tensor, rtol: float) -> torch.Tensor:
     """``E_h^†`` for every row, ``(H, W, N_c K)`` complex128 (see the module docstring).
+
+    Each row's system is restricted to its support (:func:`_supports`), so the SVD cost
+    falls with the square of the object's width. Rows are factorised in chunks of similar
+    support, zero-padded to the chunk's widest (a zero column only adds a zero singular
+    value, which the cutoff drops).
 
     Args:
         maps: coil sensitivities ``(N_c, H, W)`` complex.
         mask: bool ``(W,)`` sampled columns.
         rtol: singular values ``<= rtol · σ_max`` (over all rows) are treated as zero.
     """
+    maps = maps.to(torch.complex128)
     columns = torch.nonzero(mask.to(maps.device)).flatten()
-    height, width = maps.shape[1:]
-    if len(columns) == 0:
-        return maps.new_zeros(height, width, 0, dtype=torch.complex128)
-    systems = row_systems(maps.to(torch.complex128), columns)
-    # Rows in chunks, so a large factorisation (a minute at 256² on a CPU) shows progress.
-    chunks = torch.split(systems, 16)
-    parts = [
-        torch.linalg.svd(c, full_matrices=False)
-        for c in tqdm(chunks, desc="SENSE factor", leave=False, disable=len(chunks) < 8)
-    ]
-    u, s, vh = (torch.cat(t) for t in zip(*parts, strict=True))
-    cutoff = rtol * s.max()
-    inverse = torch.where(s > cutoff, 1.0 / s.clamp_min(torch.finfo(s.dtype).tiny), 0.0)
-    logger.debug(
-        "SENSE factor: %d rows, %d×%d blocks, %d of %d singular values kept",
-        height,
-        systems.shape[1],
-        width,
-        int((s > cutoff).sum()),
-        s.numel(),
-    )
-    return (vh.mH * inverse.to(vh.dtype)[:, None, :]) @ u.mH
+    n_coils, height, width = maps.shape
+    factor = maps.new_zeros(height, width, n_coils * len(columns))
+    supports = _supports(maps)
+    rows = sorted((h for h in range(height) if len(supports[h])), key=lambda h: len(supports[h]))
+    if len(columns) == 0 or not rows:
+        return factor
+    # Chunks of rows, so a large factorisation (seconds at 256² on a CPU) shows progress.
+    chunks = [rows[i : i + 16] for i in range(0, len(rows), 16)]
+    parts = []
+    for chunk in tqdm(chunks, desc="SENSE factor", leave=False, disable=len(chunks) < 8):
+        index = torch.full((len(chunk), len(supports[chunk[-1]])), width, device=maps.device)
+        for i, h in enumerate(chunk):
+            index[i, : len(supports[h])] = supports[h]
+        systems = restricted_systems(maps, columns, chunk, index)
+        parts.append((chunk, torch.linalg.svd(systems, full_matrices=False)))
+    cutoff = rtol * max(float(svd[1].max()) for _, svd in parts)
+    kept = 0
+    for chunk, (u, s, vh) in parts:
+        inverse = torch.where(s > cutoff, 1.0 / s.clamp_min(torch.finfo(s.dtype).tiny), 0.0)
+        kept += int((s > cutoff).sum())
+        block = (vh.mH * inverse.to(vh.dtype)[:, None, :]) @ u.mH  # (R, n, N_c K)
+        for i, h in enumerate(chunk):
+            factor[h, supports[h]] = block[i, : len(supports[h])]
+    logger.debug("SENSE factor: %d rows with support of %d, %d σ kept", len(rows), height, kept)
+    return factor
 
 
 def apply_sense_pinv(k: torch.Tensor, factor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -369,6 +369,29 @@ def test_sense_pinv_matches_the_dense_pseudo_inverse(acceleration, center_fracti
         assert rel_err(op.A_pinv(y), ref) < 1e-8
 
 
+@pytest.mark.parametrize("acceleration", [4, 8])
+def test_sense_pinv_with_maps_zero_outside_the_object(acceleration):
+    """ESPIRiT maps vanish outside the object: the factor restricts each row to its
+    support (rows in chunks of different widths, empty rows included) and must still be
+    the dense pseudo-inverse."""
+    size = 24
+    yy, xx = torch.meshgrid(
+        torch.linspace(-1, 1, size, dtype=torch.float64),
+        torch.linspace(-1, 1, size, dtype=torch.float64),
+        indexing="ij",
+    )
+    inside = (xx / 0.9) ** 2 + (yy / 0.8) ** 2 <= 1  # an ellipse: widths vary by row
+    assert not inside[0].any() and inside[size // 2].sum() > inside[3].sum() > 0
+    maps = smooth_coil_maps(4, size, size) * inside
+    op = MRI(size, coil_maps=maps, acceleration=acceleration, center_fraction=0.08).double()
+    pinv = torch.linalg.pinv(dense_matrix(op), rtol=op.config["pinv_rtol"])
+    y = torch.randn(2, *op.measurement_shape, dtype=torch.float64)
+    ref = (pinv @ y.reshape(2, -1).T).T.reshape(2, *op.image_shape)
+    out = op.A_pinv(y)
+    assert rel_err(out, ref) < 1e-8
+    assert torch.equal(out[..., ~inside], torch.zeros_like(out[..., ~inside]))
+
+
 @pytest.mark.parametrize("acceleration,center_fraction", [(4, 0.08), (8, 0.04)])
 def test_sense_AtA_is_idempotent_at_default_settings(acceleration, center_fraction):
     op = sense_op(size=48, coils=8, acceleration=acceleration, center_fraction=center_fraction)
