@@ -20,6 +20,8 @@ SUITES = {
     "tune": "tune the baselines per setting on validation images (results/tuning.json)",
     "validate": "score an IDM checkpoint on the validation images against the tuned baselines",
     "operators": "time A, At and A_pinv of every operator (results/operators.md)",
+    "sense_bart": "multi-coil MRI end to end: SENSE A†y against BART ecalib + pics "
+    "(results/sense_bart.md)",
     "memory": "training-step memory of the IDM modes over T (results/memory.md)",
     "training_cost": "cost of one training step per choice: patch, batch, T, width, bf16, "
     "channels-last, torch.compile (results/training_cost.md)",

@@ -167,6 +167,26 @@ def test_bart_pics_inverts_fully_sampled_data(coils) -> None:
     assert float((rec - x).norm() / x.norm()) < 1e-2
 
 
+@pytest.mark.skipif(shutil.which("bart") is None, reason="bart binary not on PATH")
+def test_bart_ecalib_pics_recovers_the_magnitude_from_fully_sampled_coils() -> None:
+    """ESPIRiT maps are known up to a phase per pixel, so the magnitude is the check."""
+    from idm_med.acquisition.coils import synthetic_coil_maps
+
+    x = torch.cat([_blobs(32), 0.5 * _blobs(32, seed=1)], dim=1)
+    op = make_operator(
+        "mri", image_size=32, acceleration=1, coil_maps=synthetic_coil_maps(4, (32, 32))
+    )
+    y = op.A(x)[0].double()
+    image, seconds = bart.bart_ecalib_pics(
+        torch.complex(y[:, 0], y[:, 1]).numpy(), calib_width=16, lam=1e-6, n_iter=30, threads=1
+    )
+    truth = torch.complex(x[0, 0], x[0, 1]).abs().double().numpy()
+    assert image.shape == (32, 32) and set(seconds) == {"ecalib", "pics"}
+    assert np.linalg.norm(np.abs(image) - truth) / np.linalg.norm(truth) < 1e-3
+    with pytest.raises(ValueError, match="regulariser"):
+        bart.bart_ecalib_pics(image[None], regulariser="l2")
+
+
 def test_registry_binds_parameters_and_rejects_unknown_ones() -> None:
     op = make_operator("superres", image_size=16, factor=2)
     assert {"pinv", "tv", "bicubic"} <= set(baselines.applicable(op))

@@ -13,9 +13,11 @@ Regularisers: ``"tv"`` → ``-R T:3:0:lam`` (TV over the two image axes), ``"l1"
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +80,6 @@ def bart_pics(
         raise ValueError(f"regulariser must be one of {REGULARISERS}, got {regulariser!r}")
     if not bart_available():
         raise RuntimeError("the `bart` binary is not on PATH (Debian: apt-get install bart)")
-    reg = ["-R", f"T:3:0:{lam:g}"] if regulariser == "tv" else ["-l1", "-r", f"{lam:g}"]
     out = []
     with tempfile.TemporaryDirectory(prefix="idm-med-bart-") as tmp:
         for b, yb in enumerate(y.detach().cpu().double().numpy()):
@@ -86,11 +87,53 @@ def bart_pics(
             stem = Path(tmp) / str(b)
             write_cfl(f"{stem}_k", k)
             write_cfl(f"{stem}_s", maps)
-            cmd = ["bart", "pics", "-d", "0", "-w", "1", "-i", str(n_iter), *reg]
-            cmd += [f"{stem}_k", f"{stem}_s", f"{stem}_x"]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"bart pics failed ({done.returncode}): {done.stderr.strip()}")
+            _pics(stem, lam, regulariser, n_iter)
             z = read_cfl(f"{stem}_x").reshape(k.shape[:2])
             out.append(np.stack([z.real, z.imag]))
     return torch.from_numpy(np.stack(out)).to(y)
+
+
+def _run(*args: str, threads: int | None = None) -> None:
+    """``bart ARGS``; ``RuntimeError`` with BART's stderr when it fails."""
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run(["bart", *args], capture_output=True, text=True, check=False, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"bart {args[0]} failed ({done.returncode}): {done.stderr.strip()}")
+
+
+def _pics(stem: Path, lam: float, regulariser: str, n_iter: int, threads: int | None = None):
+    """``bart pics`` of ``stem_k`` with maps ``stem_s`` into ``stem_x``."""
+    reg = ["-R", f"T:3:0:{lam:g}"] if regulariser == "tv" else ["-l1", "-r", f"{lam:g}"]
+    _run("pics", "-d", "0", "-w", "1", "-i", str(n_iter), *reg,
+         f"{stem}_k", f"{stem}_s", f"{stem}_x", threads=threads)  # fmt: skip
+
+
+def bart_ecalib_pics(
+    kspace: np.ndarray,
+    calib_width: int = 24,
+    lam: float = 1e-3,
+    regulariser: str = "l1",
+    n_iter: int = 100,
+    threads: int | None = None,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """BART's whole multi-coil pipeline on one zero-filled slice ``(C, H, W)`` complex:
+    ``bart ecalib -m 1`` (ESPIRiT maps from the central ``calib_width`` lines) then
+    ``bart pics``. Returns the ``(H, W)`` complex image and the seconds of each stage
+    (file input/output included, as a user of BART pays it)."""
+    if regulariser not in REGULARISERS:
+        raise ValueError(f"regulariser must be one of {REGULARISERS}, got {regulariser!r}")
+    if not bart_available():
+        raise RuntimeError("the `bart` binary is not on PATH (Debian: apt-get install bart)")
+    seconds = {}
+    with tempfile.TemporaryDirectory(prefix="idm-med-bart-") as tmp:
+        stem = Path(tmp) / "slice"
+        t0 = time.perf_counter()
+        write_cfl(f"{stem}_k", np.moveaxis(np.asarray(kspace), 0, -1)[:, :, None, :])
+        _run("ecalib", "-m", "1", "-r", str(calib_width), f"{stem}_k", f"{stem}_s",
+             threads=threads)  # fmt: skip
+        seconds["ecalib"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _pics(stem, lam, regulariser, n_iter, threads)
+        image = read_cfl(f"{stem}_x").reshape(np.shape(kspace)[1:])
+        seconds["pics"] = time.perf_counter() - t0
+    return image, seconds
