@@ -95,6 +95,8 @@ def measurement_settings(args: argparse.Namespace) -> MeasurementSettings:
     ones it needs)."""
     from .acquisition import MeasurementSettings
 
+    # None: the settings' default cutoff for measured multi-coil data
+    sense = {} if args.sense_rtol is None else {"sense_rtol": args.sense_rtol}
     return MeasurementSettings(
         acceleration=args.acceleration,
         center_fraction=args.center_fraction,
@@ -109,6 +111,7 @@ def measurement_settings(args: argparse.Namespace) -> MeasurementSettings:
         source_distance_mm=args.source_distance,
         detector_distance_mm=args.detector_distance,
         detector=args.detector,
+        **sense,
     )
 
 

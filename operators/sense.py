@@ -17,7 +17,11 @@ batched SVD in float64, keeping the singular values above ``rtol · σ_max(A)`` 
 relative cutoff as ``numpy.linalg.pinv`` on the dense matrix, whose singular values are
 the union of the blocks'). Smooth coil maps make SENSE badly conditioned (singular values
 down to ~1e-10 σ_max at 8×), so the solve is done in float64 whatever the input
-precision, and ``rtol`` bounds the noise amplification by ``1 / rtol``.
+precision, and ``rtol`` bounds the noise amplification by ``1 / rtol``. The default
+(1e-6) makes ``A†`` exact; on measured, noisy k-space at 8× it amplifies the noise past the
+image, so the fastMRI pipeline uses a larger cutoff
+(:data:`idm_med.acquisition.mri.MEASURED_SENSE_RTOL`). ``A†A`` is an exact orthogonal
+projection at any cutoff.
 
 Cost: the factor ``(H, W, N_c K)`` complex128 (``16 H W N_c K`` bytes, ~570 MB at 256²,
 8 coils, 4×) is built once per mask and coil maps (``H`` SVDs of ``N_c K × n_h``, with

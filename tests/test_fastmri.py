@@ -486,3 +486,31 @@ def test_coil_maps_are_computed_once_per_volume(tmp_path: Path, monkeypatch) -> 
     for _ in range(2):  # two methods over the same volume
         items = list(iter_volume(path, acceleration=2, center_fraction=0.6))
     assert len(items) == 2 and len(calls) == 2  # once per slice, not once per pass
+
+
+def test_measured_multicoil_pinv_bounds_the_noise_amplification(tmp_path: Path) -> None:
+    """SENSE at an acceleration equal to the number of coils is badly conditioned: on
+    noisy k-space the exact pseudo-inverse (cutoff 1e-6) amplifies the noise far past the
+    image, the cutoff used for measured data (MEASURED_SENSE_RTOL) does not."""
+    from idm_med.acquisition.mri import MEASURED_SENSE_RTOL
+
+    torch.manual_seed(0)
+    n, coils = 64, 4
+    maps = synthetic_coil_maps(coils, (n, n))
+    v, u = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
+    phantom = ((u / 0.8) ** 2 + (v / 0.85) ** 2 < 1) * (1 + 0.4 * torch.sin(4 * v))
+    k = fft2c(maps * phantom.to(torch.complex64)).unsqueeze(0)
+    k = k + 3e-3 * k.abs().pow(2).mean().sqrt() * torch.randn_like(k)
+    path = write_fastmri_file(tmp_path / "noisy.h5", k, target=simulate_targets(k, (n, n)))
+    errors = {}
+    for rtol in (MEASURED_SENSE_RTOL, 1e-6):
+        item = next(
+            iter_volume(path, 4, center_fraction=0.25, mask_type="equispaced", pinv_rtol=rtol)
+        )
+        assert item.operator_config["pinv_rtol"] == rtol
+        op = make_operator(**item.operator_config).double()
+        x = torch.linalg.vector_norm(op.A_pinv(item.measurement.double()), dim=1)[0]
+        target = torch.as_tensor(item.target).double()
+        errors[rtol] = float((x - target).norm() / target.norm())
+    assert errors[MEASURED_SENSE_RTOL] < 0.2
+    assert errors[1e-6] > 10 * errors[MEASURED_SENSE_RTOL]

@@ -29,7 +29,7 @@ from ..datasets.fastmri import FastMRIVolume, center_crop
 from ..datasets.nifti import NiftiVolume, extract_slices
 from ..operators import Operator, make_operator
 from .ct import check_ct_geometry, fan_beam_operator, simulate_sparse_view
-from .mri import iter_volume
+from .mri import MEASURED_SENSE_RTOL, iter_volume
 
 
 @dataclass
@@ -40,12 +40,15 @@ class MeasurementSettings:
     CT: ``ct_geometry`` is ``"parallel"`` or ``"fan"``; for fan beam
     ``source_distance_mm`` / ``detector_distance_mm`` (source–isocentre / source–detector,
     mm) stand in for the series' tags (0018,1111) / (0018,1110) when it lacks them, and
-    ``detector`` is ``"arc"`` or ``"flat"``."""
+    ``detector`` is ``"arc"`` or ``"flat"``. Multi-coil MRI: ``sense_rtol`` is the SENSE
+    pseudo-inverse's singular-value cutoff
+    (:data:`~idm_med.acquisition.mri.MEASURED_SENSE_RTOL`)."""
 
     acceleration: float | None = 4.0
     center_fraction: float = 0.08
     mask_type: str = "random"
     calib_width: int | None = None
+    sense_rtol: float = MEASURED_SENSE_RTOL
     n_views: int = 60
     noise_level: float = 0.0
     seed: int = 0
@@ -88,7 +91,13 @@ def measure_fastmri(volume: FastMRIVolume, s: MeasurementSettings) -> Iterator[M
     operators: dict[tuple, Operator] = {}
     crop = volume.info.crop_size
     items = iter_volume(
-        volume, s.acceleration, s.center_fraction, s.mask_type, s.calib_width, s.slices
+        volume,
+        s.acceleration,
+        s.center_fraction,
+        s.mask_type,
+        s.calib_width,
+        s.slices,
+        pinv_rtol=s.sense_rtol,
     )
     for item in items:
         config = item.operator_config
