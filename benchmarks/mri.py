@@ -87,7 +87,7 @@ SUITE = Suite(
     columns=(("psnr", "PSNR (dB)", ".2f"), ("ssim", "SSIM", ".4f"), ("nmse", "NMSE", ".4f")),
     notes="Magnitude images; fastMRI metrics per source volume (PSNR/SSIM data range = volume "
     "max, SSIM 7×7 per slice), averaged over sources. A†y is the zero-filled image "
-    "(single coil) or the CG SENSE least-squares solution (multi-coil). BART rows appear "
+    "(single coil) or the exact SENSE pseudo-inverse (multi-coil). BART rows appear "
     "only when the `bart` binary is on PATH.",
 )
 
