@@ -29,7 +29,7 @@ from idm_med import baselines
 from idm_med.operators import Operator
 
 logger = logging.getLogger(__name__)
-MODELS = Path(__file__).resolve().parents[1] / "runs" / "ablation"
+MODELS = Path(__file__).parent / "ablation_models" / "ablation"  # scripts/train_ablations.py
 PRIOR = "idm_med/pretrained/prior_gray"
 
 #: variant (scripts/train_ablations.py) -> table label
