@@ -217,9 +217,11 @@ def check_fit(
     allow_mismatch: bool = False,
 ) -> None:
     """Refuse (or, with ``allow_mismatch``, warn about) a model applied to data it was
-    not trained for: another operator family, other image channels, single-coil weights
-    on multi-coil data. Warns for an untrained (``idm-med init``) checkpoint and for other
-    undersampling settings."""
+    not trained for: another operator family, other image channels. Warns for an untrained
+    (``idm-med init``) checkpoint, for other undersampling settings and for single-coil
+    weights on multi-coil data (allowed: the network sees the coil-combined image, and
+    SENSE's ``A†`` / ``A†A`` reach it through the same injector inputs, but its artefacts
+    differ from the training data's)."""
     recorded = info.operator
     problems = []
     if recorded.get("name") and recorded["name"] != operator_config.get("name"):
@@ -233,7 +235,13 @@ def check_fit(
     data_multicoil = config_is_multicoil(operator_config)
     if data_multicoil != info.multicoil:
         kind = "multi-coil" if info.multicoil else "single-coil"
-        problems.append(f"a {kind} model on {'multi' if data_multicoil else 'single'}-coil data")
+        logger.warning(
+            "%s: a %s model on %s-coil data (it reconstructs the coil-combined image; "
+            "trained on other data, results may be worse)",
+            info.path,
+            kind,
+            "multi" if data_multicoil else "single",
+        )
     for problem in problems:
         message = f"{info.path}: {problem}"
         if not allow_mismatch:

@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -250,7 +251,8 @@ def test_unwritable_output_is_one_line(tmp_path, monkeypatch, png, caplog):
 
 
 # -- model / data mismatch (defect 5) ----------------------------------------------------
-def test_single_coil_model_refuses_multicoil_data(tmp_path, caplog):
+def test_single_coil_model_runs_on_multicoil_data_with_a_warning(tmp_path, caplog):
+    """The MRI model reconstructs the coil-combined image through SENSE (issue 11)."""
     from idm_med.acquisition.coils import synthetic_coil_maps
 
     maps = synthetic_coil_maps(4, (32, 32))
@@ -259,13 +261,16 @@ def test_single_coil_model_refuses_multicoil_data(tmp_path, caplog):
     k = fft2c(maps * image).unsqueeze(0)
     path = fastmri.write_fastmri_file(tmp_path / "mc.h5", k, target=simulate_targets(k, (32, 32)))
     out = tmp_path / "out"
-    assert _run("reconstruct", path, "--method", "idm", "--center-fraction", "0.5",
-                "--output", out) == 2  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        assert _run("reconstruct", path, "--method", "idm", "--center-fraction", "0.5",
+                    "--output", out) == 0  # fmt: skip
     from idm_med.checkpoints import default_checkpoint
 
     default = default_checkpoint("mri").name
     assert "single-coil model on multi-coil data" in caplog.text and default in caplog.text
-    assert not out.exists()
+    with h5py.File(out / "idm" / "mc.h5") as f:
+        recon = f["reconstruction"][()]
+    assert recon.shape == (1, 32, 32) and np.isfinite(recon).all() and recon.max() > 0
 
 
 def test_untrained_checkpoint_warns(tmp_path, h5, caplog):
