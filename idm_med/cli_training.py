@@ -215,6 +215,7 @@ def cmd_sr3(args: argparse.Namespace) -> int:
         init=args.init,
         unet=_unet_overrides(args),
         data=_data_weights(args.corpus or [DEFAULT_DATA[args.operator]]),
+        prediction_type=args.prediction_type,
         loop=_loop_config(args, args.ema),
     )
     sampler = _file_sampler(args, config.image_size, config.image_channels)
@@ -388,6 +389,13 @@ def add_training_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     sr3 = add("sr3", help="train an SR3 conditional diffusion model on [x_t, A†y]")
     _measurement_choices(sr3)
     sr3.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights")
+    sr3.add_argument(
+        "--prediction-type",
+        choices=["v_prediction", "epsilon"],
+        default="v_prediction",
+        help="what the UNet predicts: v (default; uses the condition at high noise levels) "
+        "or ε (the prior's and SR3's original target)",
+    )
     _loop_args(sr3, 2000, 2e-4, 8)
     sr3.set_defaults(func=cmd_sr3)
     _PARSERS["sr3"] = sr3

@@ -1,8 +1,10 @@
 """Train the shipped SR3 super-resolution model (``idm_med/pretrained/sr3_superres``).
 
 SR3 (:mod:`idm_med.sr3`) is the conditional-diffusion alternative IDM competes with: a
-UNet on ``[x_t, A†y]`` predicting ε, started from the shipped gray prior (its input layer
-widened to the condition), on 64² natural-image patches, ×2 and ×4 drawn per batch. This
+UNet on ``[x_t, A†y]`` predicting v (``--prediction-type``; an ε model of the same budget
+ignored the condition, see :mod:`idm_med.sr3`), started from the shipped gray prior (its
+input layer widened to the condition), on 64² natural-image patches, ×2 and ×4 drawn per
+batch. This
 is ``idm-med sr3`` with the options below; 32 minutes on one CPU core (2,000 steps). Under
 ``accelerate launch`` the same command trains on GPUs (raise ``--batch-size`` and
 ``--iterations``).

@@ -3,6 +3,8 @@ DDNM (idm_med.ddnm), on tiny UNets."""
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
@@ -142,6 +144,8 @@ def test_sr3_starts_from_the_prior_and_samples(tmp_path):
     train_sr3(cfg, tmp_path / "sr3", sampler=random_sampler(), progress=False)
     model, sched, info = load_sr3(tmp_path / "sr3")
     assert info["kind"] == "sr3" and info["operator"]["factor"] == [2, 4]
+    # the saved scheduler tells diffusers' samplers what the UNet predicts
+    assert sched.config.prediction_type == info["prediction_type"] == "v_prediction"
     op = make_operator("superres", image_size=16, factor=2)
     y = op.A(x)
     out = sr3_sample(y, op, model, sched, steps=4, seed=0)
@@ -149,6 +153,44 @@ def test_sr3_starts_from_the_prior_and_samples(tmp_path):
     assert out.shape == x.shape
     torch.testing.assert_close(out, again, rtol=0, atol=0)
     assert (out - op.A_pinv(y)).abs().max() > 1e-2  # it sampled, not returned A†y
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+def test_sr3_loss_targets_the_prediction_type(prediction_type):
+    """The loss is the MSE to v = √ᾱ ε − √(1−ᾱ) x0 (or to ε), recomputed here from the
+    same draws: a UNet that outputs exactly that target has zero loss."""
+    from idm_med.sr3 import sr3_loss
+    from idm_med.training import OperatorPool
+
+    sched = DDPMScheduler.from_config(
+        prior.default_scheduler().config, prediction_type=prediction_type
+    )
+    pool = OperatorPool({"name": "superres", "factor": 2}, 8)
+    x0 = torch.rand(3, 1, 8, 8)
+
+    def draws(seed):  # the loss's own order: operator, noise, t
+        gen = torch.Generator().manual_seed(seed)
+        pool(gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, 1000, (3,), generator=gen)
+        return noise, t
+
+    noise, t = draws(5)
+    ab = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    target = ab.sqrt() * noise - (1 - ab).sqrt() * x0 if prediction_type != "epsilon" else noise
+
+    class Oracle(torch.nn.Module):
+        def __init__(self, out):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.out = out
+
+        def forward(self, inp, t):
+            return types.SimpleNamespace(sample=self.out + self.w)
+
+    loss = sr3_loss(sched, pool)
+    assert float(loss(Oracle(target), x0, torch.Generator().manual_seed(5))) < 1e-12
+    assert float(loss(Oracle(noise + 0.5 * x0), x0, torch.Generator().manual_seed(5))) > 1e-3
 
 
 # -- command line -----------------------------------------------------------------------------
