@@ -115,7 +115,8 @@ def to_markdown(rows: list[dict], payload: dict) -> str:
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['choice']} | failed: {r['error']} | | |")
+            error = r["error"].strip().splitlines()[0].replace("|", "/")  # one table cell
+            lines.append(f"| {r['choice']} | failed: {error} | | |")
             continue
         lines.append(
             f"| {r['choice']} | {r['seconds']:.2f} | {r['seconds'] / base:.2f} | "
