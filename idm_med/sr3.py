@@ -21,8 +21,9 @@ not the network uses the condition (``x_t`` is almost ε), so a briefly trained 
 ``x_0`` prediction, which needs the condition. The scheduler saved with the model records
 the prediction type, so diffusers' DDPM / DDIM steps read the output correctly.
 
-on the same loop as every idm-med model (:mod:`idm_med.train_loop`), measurement settings
-drawn per batch as in IDM training, and sampled with diffusers' DDPM or DDIM schedulers.
+Training runs on the same loop as every idm-med model (:mod:`idm_med.train_loop`), with
+measurement settings drawn per batch as in IDM training; sampling uses diffusers' DDPM or
+DDIM schedulers.
 Starting from a prior (``init``), the prior's weights take the ``x_t`` channels and the
 condition channels start at zero, so training begins from the unconditional denoiser.
 

@@ -4,8 +4,8 @@ SR3 (:mod:`idm_med.sr3`) is the conditional-diffusion alternative IDM competes w
 UNet on ``[x_t, A†y]`` predicting v (``--prediction-type``; an ε model of the same budget
 ignored the condition, see :mod:`idm_med.sr3`), started from the shipped gray prior (its
 input layer widened to the condition), on 64² natural-image patches, ×2 and ×4 drawn per
-batch. This
-is ``idm-med sr3`` with the options below; 32 minutes on one CPU core (2,000 steps). Under
+batch. This is ``idm-med sr3`` with the options below; 29 minutes on one CPU core
+(2,000 steps). Under
 ``accelerate launch`` the same command trains on GPUs (raise ``--batch-size`` and
 ``--iterations``).
 
