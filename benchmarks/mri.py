@@ -1,7 +1,11 @@
 """MRI suite: ``python -m benchmarks mri [--quick]``.
 
 Settings: 4× and 8× acceleration, fastMRI random and equispaced column masks (centre
-fraction 0.08 and 0.04), single-coil and 8-coil SENSE (synthetic birdcage maps). Test
+fraction 0.08 and 0.04), single-coil and 8-coil SENSE (synthetic birdcage maps),
+noiseless; and 4× / 8× random 8-coil SENSE with complex Gaussian k-space noise of σ =
+:data:`NOISE_SIGMA` (1 % of the image maximum per coil, seeded per slice), where the
+SENSE pseudo-inverse drops singular values below :data:`~idm_med.acquisition.mri.
+MEASURED_SENSE_RTOL` as on measured data (the exact one amplifies the noise). Test
 images: the corpus's held-out MRI slices (MNI152 axial test slices, dipy T1 coronal,
 matplotlib's s1045 sagittal head), each given a smooth synthetic phase (seeded per slice)
 so that the image is complex as in a real scan. Scored on the magnitude with fastMRI's
@@ -19,10 +23,15 @@ from benchmarks import learned
 from benchmarks.main import suite_main
 from benchmarks.suite import Setting, Suite
 from idm_med import metrics
+from idm_med.acquisition.mri import MEASURED_SENSE_RTOL
+from idm_med.acquisition.noise import add_kspace_noise
 from idm_med.operators import make_operator
 
 NUM_COILS = 8
 CENTER_FRACTION = {4: 0.08, 8: 0.04}
+#: k-space noise of the noisy settings; images are scaled to [0, 1] and the FFT and the
+#: coil maps (Σ|S_c|² = 1) preserve norms, so this is the image-domain noise std too.
+NOISE_SIGMA = 0.01
 
 
 def smooth_phase(shape: tuple[int, int], seed: int) -> np.ndarray:
@@ -51,9 +60,14 @@ def _coil_maps(size: int) -> torch.Tensor:
     return synthetic_coil_maps(NUM_COILS, (size, size))
 
 
-def _setting(accel: int, mask: str, coils: str) -> Setting:
+def _kspace_noise(y: torch.Tensor, seed: int) -> torch.Tensor:
+    return add_kspace_noise(y, NOISE_SIGMA, seed)[0]
+
+
+def _setting(accel: int, mask: str, coils: str, noisy: bool = False) -> Setting:
     def build(size: int):
         maps = _coil_maps(size) if coils == "multi" else None
+        extra = {"pinv_rtol": MEASURED_SENSE_RTOL} if noisy else {}
         return make_operator(
             "mri",
             image_size=size,
@@ -62,9 +76,18 @@ def _setting(accel: int, mask: str, coils: str) -> Setting:
             mask_type=mask,
             seed=0,
             coil_maps=maps,
+            **extra,
         )
 
     label = "single-coil" if coils == "single" else f"{NUM_COILS}-coil SENSE"
+    if noisy:
+        return Setting(
+            f"{accel}x {mask} {label} noisy",
+            build,
+            1.0 / accel,
+            f"{label}, {mask}, noisy",
+            noise=_kspace_noise,
+        )
     return Setting(f"{accel}x {mask} {label}", build, 1.0 / accel, f"{label}, {mask}")
 
 
@@ -74,11 +97,14 @@ SUITE = Suite(
     name="mri",
     title="MRI reconstruction on held-out slices",
     modality="mri",
-    settings=tuple(
-        _setting(a, m, c)
-        for c in ("single", "multi")
-        for m in ("random", "equispaced")
-        for a in (4, 8)
+    settings=(
+        *(
+            _setting(a, m, c)
+            for c in ("single", "multi")
+            for m in ("random", "equispaced")
+            for a in (4, 8)
+        ),
+        *(_setting(a, "random", "multi", noisy=True) for a in (4, 8)),
     ),
     methods=("pinv", "tv", "wavelet", "bart_tv", "bart_l1", "idm_mri_4x", "idm"),
     encode=encode,
@@ -87,8 +113,9 @@ SUITE = Suite(
     columns=(("psnr", "PSNR (dB)", ".2f"), ("ssim", "SSIM", ".4f"), ("nmse", "NMSE", ".4f")),
     notes="Magnitude images; fastMRI metrics per source volume (PSNR/SSIM data range = volume "
     "max, SSIM 7×7 per slice), averaged over sources. A†y is the zero-filled image "
-    "(single coil) or the exact SENSE pseudo-inverse (multi-coil). BART rows appear "
-    "only when the `bart` binary is on PATH.",
+    "(single coil) or the exact SENSE pseudo-inverse (multi-coil; cutoff "
+    f"{MEASURED_SENSE_RTOL:g} in the noisy settings, σ = {NOISE_SIGMA:g} complex k-space "
+    "noise). BART rows appear only when the `bart` binary is on PATH.",
 )
 
 

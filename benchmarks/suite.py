@@ -6,7 +6,7 @@ reconstruction is displayed and scored. :func:`run_suite` measures every applica
 method on every test image of every setting — with the parameters chosen for that
 setting by ``python -m benchmarks tune`` on validation images (``results/tuning.json``) —
 and :func:`write_results` writes ``<suite>.md``, ``<suite>.json`` and the figures.
-Measurements are noiseless.
+Measurements are noiseless unless a setting adds noise (:attr:`Setting.noise`).
 """
 
 from __future__ import annotations
@@ -47,6 +47,14 @@ class Setting:
     make_operator: Callable[[int], Operator]
     ratio: float
     group: str = ""
+    #: ``noise(y, seed) -> noisy y``; ``None``: noiseless measurements
+    noise: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+
+    def measure(self, op: Operator, x: torch.Tensor, seed: int) -> torch.Tensor:
+        """The measurement ``y = A x`` of one image, plus the setting's noise (seeded by
+        the image's index, so the test and validation draws never coincide)."""
+        y = op.A(x)
+        return y if self.noise is None else self.noise(y, seed)
 
 
 @dataclass(frozen=True)
@@ -144,7 +152,7 @@ def run_suite(suite: Suite, config: RunConfig, tuning: dict | None = None) -> di
         sources = {}
         for src, imgs in test.items():
             xs = [suite.encode(im, i) for i, im in enumerate(imgs)]
-            sources[src] = [(x, op.A(x)) for x in xs]
+            sources[src] = [(x, setting.measure(op, x, i)) for i, x in enumerate(xs)]
         gts = {src: suite.decode(cases[0][0]) for src, cases in sources.items()}
         shown = {"reference": gts}
         for method in baselines.applicable(op, list(suite.methods)):

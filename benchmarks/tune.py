@@ -18,7 +18,7 @@ import torch
 from benchmarks import data
 from benchmarks.machine import describe_machine
 from benchmarks.options import base_parser
-from benchmarks.suite import Suite
+from benchmarks.suite import Setting, Suite
 from idm_med import baselines
 from idm_med.baselines.tuning import grid_search
 from idm_med.datasets.atomic import atomic_path
@@ -29,15 +29,15 @@ TUNE_SIZE = 256
 MAX_VAL_SLICES = 2  # per validation source
 
 
-def validation_cases(suite: Suite, op, val: dict[str, list]) -> list[tuple]:
+def validation_cases(suite: Suite, setting: Setting, op, val: dict[str, list]) -> list[tuple]:
     """``[(y, op, ground truth)]`` of the validation images ``val`` (``{source: images}``)
-    measured by ``op``; phases and other random parts are seeded apart from the test
-    images' so that tuning never sees a test case."""
+    measured by ``op`` in ``setting`` (with its noise); phases, noise and other random
+    parts are seeded apart from the test images' so that tuning never sees a test case."""
     images = [im for imgs in val.values() for im in imgs]
     cases = []
     for i, im in enumerate(images):
         x = suite.encode(im, 1000 + i)
-        cases.append((op.A(x), op, suite.decode(x)))
+        cases.append((setting.measure(op, x, 1000 + i), op, suite.decode(x)))
     return cases
 
 
@@ -51,7 +51,7 @@ def tune_suite(
         if settings is not None and setting.name not in settings:
             continue
         op = setting.make_operator(size)
-        cases = validation_cases(suite, op, val)
+        cases = validation_cases(suite, setting, op, val)
 
         def score(ref, rec) -> float:
             return suite.score(ref[None], suite.decode(rec)[None])["psnr"]

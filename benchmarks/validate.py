@@ -52,7 +52,7 @@ def validate(suite_name: str, checkpoint: Path, size: int, max_slices: int) -> d
     per_setting: dict[str, Any] = {}
     for setting in suite.settings:
         op = setting.make_operator(size)
-        cases = validation_cases(suite, op, val)
+        cases = validation_cases(suite, setting, op, val)
         scores, t0 = [], time.perf_counter()
         try:
             with torch.no_grad():

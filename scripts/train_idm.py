@@ -4,7 +4,8 @@
     python scripts/train_idm.py mri --output idm_med/pretrained/idm_mri
     python scripts/train_idm.py cs  --output idm_med/pretrained/idm_cs
     python scripts/train_idm.py cs  --output runs/idm_cs_scratch --from-scratch   # ablation
-    python scripts/train_idm.py ct  --output runs/idm_ct --operator-option pinv=direct
+    python scripts/train_idm.py ct  --output idm_med/pretrained/idm_ct --image-size 64 \
+        --iterations 600
 
 Interrupted runs continue with ``--resume``. On 2 CPU cores the presets take 15-30 minutes
 each (single thread per run, fp32, plain autograd: the small backbone at 96² needs no

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -185,3 +186,25 @@ def test_training_cost_times_a_choice_and_writes_its_table(tmp_path) -> None:
     payload = {"command": "x", "machine": "m", "warmup": 0, "repeats": 1}
     table = training_cost.to_markdown(rows, payload)
     assert "| a | " in table and "| 1.00 |" in table and "failed: RuntimeError" in table
+
+
+def test_noisy_mri_setting_adds_seeded_kspace_noise_and_bounds_the_pinv() -> None:
+    """The noisy SENSE settings measure A x plus σ complex noise on the sampled k-space,
+    seeded by the image index, with the measured-data cutoff on A†."""
+    from benchmarks import mri
+    from idm_med.acquisition.mri import MEASURED_SENSE_RTOL
+
+    setting = next(s for s in mri.SUITE.settings if s.name == "4x random 8-coil SENSE noisy")
+    clean = next(s for s in mri.SUITE.settings if s.name == "4x random 8-coil SENSE")
+    assert clean.noise is None
+    op = setting.make_operator(32)
+    assert op.config["pinv_rtol"] == MEASURED_SENSE_RTOL
+    x = mri.encode(np.random.default_rng(0).random((32, 32)), 0)
+    y = op.A(x)
+    noise = setting.measure(op, x, 3) - y
+    measured = y.abs().sum(dim=(0, 1, 2, 3)) > 0  # columns of the mask
+    assert torch.equal(noise[..., ~measured], torch.zeros_like(noise[..., ~measured]))
+    std = noise[..., measured].pow(2).mean().mul(2).sqrt().item()  # E|n|² = σ² over re, im
+    assert std == pytest.approx(mri.NOISE_SIGMA, rel=0.05)
+    assert torch.equal(setting.measure(op, x, 3), setting.measure(op, x, 3))
+    assert not torch.equal(setting.measure(op, x, 3), setting.measure(op, x, 4))

@@ -60,7 +60,7 @@ def test_validate_scores_the_model_on_the_tuning_cases(tmp_path, monkeypatch):
     from benchmarks.tune import validation_cases
 
     val = data.images("natural", "val", 32, max_slices=1)
-    cases = validation_cases(SUITE, op, val)
+    cases = validation_cases(SUITE, SUITE.settings[0], op, val)
     loaded = IDM.from_pretrained(tmp_path / "ckpt")
     with torch.no_grad():
         ours = [metrics.luma_metrics(gt, SUITE.decode(loaded(y, op)))["psnr"] for y, _, gt in cases]
