@@ -28,7 +28,8 @@ def suite_main(suite: Suite, argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--merge",
         action="store_true",
-        help="with --methods: add those rows to the existing results, keeping the others "
+        help="with --methods / --settings: add those rows to the existing results, keeping "
+        "the others "
         "(benchmarks/suite_merge.py)",
     )
     args = parser.parse_args(argv)
@@ -38,8 +39,8 @@ def suite_main(suite: Suite, argv: list[str] | None = None) -> None:
         config = RunConfig(args.size, config.max_sources, config.max_slices)
     if args.settings:
         config = RunConfig(config.size, config.max_sources, config.max_slices, tuple(args.settings))
-    if args.merge and not args.methods:
-        parser.error("--merge needs --methods (the methods to add)")
+    if args.merge and not (args.methods or args.settings):
+        parser.error("--merge needs --methods or --settings (what to add)")
     previous = suite_merge.load_previous(args.output_dir, suite.name) if args.merge else None
     methods = suite.methods
     if args.methods:

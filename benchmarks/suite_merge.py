@@ -5,8 +5,11 @@ CPU. ``python -m benchmarks SUITE --methods NEW --merge`` measures only ``NEW`` 
 its rows into the existing ``<suite>.json`` (rows of the same setting and method are
 replaced, the others kept with their own timings). The figures need every method's
 reconstruction, so each run also keeps its panels in ``.<suite>_panels.npz`` next to the
-results (not committed); a merge without them, or on another image size or test set, is
-refused. The results keep the full-suite command, which regenerates every row.
+results (not committed); a merge on another image size or test set is refused, and so is
+one that changes a setting whose panels are missing (its figure could not be redrawn).
+Adding whole new settings (``--settings NEW --merge``) needs no old panels: the figures
+of the other settings are left as they are. The results keep the full-suite command,
+which regenerates every row.
 """
 
 from __future__ import annotations
@@ -54,16 +57,15 @@ def load_panels(path: Path) -> Panels:
 
 
 def load_previous(out_dir: Path, suite_name: str) -> tuple[dict[str, Any], Panels]:
-    """The existing payload and panels of a suite; ``FileNotFoundError`` naming what is
-    missing when there is nothing to merge into."""
+    """The existing payload and panels (``{}`` when the panels file is missing) of a
+    suite; ``FileNotFoundError`` when there are no results to merge into."""
     results = Path(out_dir) / f"{suite_name}.json"
+    if not results.is_file():
+        raise FileNotFoundError(
+            f"--merge: no {results} (run the full suite once: python -m benchmarks {suite_name})"
+        )
     panels = panels_path(out_dir, suite_name)
-    for path in (results, panels):
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"--merge: no {path} (run the full suite once: python -m benchmarks {suite_name})"
-            )
-    return json.loads(results.read_text()), load_panels(panels)
+    return json.loads(results.read_text()), load_panels(panels) if panels.is_file() else {}
 
 
 def merge(
@@ -79,6 +81,13 @@ def merge(
             )
     if old["test_data"] != new["test_data"]:
         raise ValueError(f"--merge: other test images ({old['test_data']} vs {new['test_data']})")
+    old_settings = {r["setting"] for r in old["rows"]}
+    for setting in new["_shown"]:
+        if setting in old_settings and setting not in old_shown:
+            raise ValueError(
+                f"--merge: no panels of {setting!r} to redraw its figure (they are kept in "
+                f"the panels file of a full run: python -m benchmarks {old['suite']})"
+            )
     replaced = {(r["setting"], r["method"]) for r in new["rows"]}
     rows = [r for r in old["rows"] if (r["setting"], r["method"]) not in replaced] + new["rows"]
     settings = list(dict.fromkeys(r["setting"] for r in old["rows"] + new["rows"]))
@@ -87,7 +96,8 @@ def merge(
     pool = {setting: dict(panels) for setting, panels in old_shown.items()}
     for setting, panels in new["_shown"].items():
         pool.setdefault(setting, {}).update(panels)
-    # Figure panels: the reference, then the methods in table order.
+    # Figure panels: the reference, then the methods in table order; settings without
+    # panels (old ones whose panels file is gone) keep the figure they have.
     shown = {
         setting: {
             label: pool[setting][label]
@@ -95,6 +105,7 @@ def merge(
             if label in pool[setting]
         }
         for setting in settings
+        if setting in pool
     }
     merged_runs = [
         *old.get("merged_runs", []),

@@ -139,6 +139,24 @@ def test_merge_adds_methods_to_existing_results(tmp_path) -> None:
         suite_merge.merge(*suite_merge.load_previous(tmp_path, "cs"), other, cs.SUITE.methods)
     with pytest.raises(FileNotFoundError, match="run the full suite"):
         suite_merge.load_previous(tmp_path / "none", "cs")
+    # Without the panels file a merge may add whole settings (their figure is drawn, the
+    # others' are kept) but not change a setting whose figure it cannot redraw.
+    suite_merge.panels_path(tmp_path, "cs").unlink()
+    old_figure = (tmp_path / "cs_ratio-0-3.png").read_bytes()
+    with pytest.raises(ValueError, match="no panels of 'ratio 0.3'"):
+        suite_merge.merge(*suite_merge.load_previous(tmp_path, "cs"), added, cs.SUITE.methods)
+    new_setting = run_suite(
+        replace(cs.SUITE, methods=("pinv",)), replace(config, settings=("ratio 0.1",)), tuning
+    )
+    merged = suite_merge.merge(
+        *suite_merge.load_previous(tmp_path, "cs"), new_setting, cs.SUITE.methods
+    )
+    assert [r["setting"] for r in merged["rows"]] == ["ratio 0.3", "ratio 0.3", "ratio 0.1"]
+    assert list(merged["_shown"]) == ["ratio 0.1"]
+    write_results(cs.SUITE, merged, tmp_path, merged.pop("command"))
+    assert (tmp_path / "cs_ratio-0-3.png").read_bytes() == old_figure
+    assert (tmp_path / "cs_ratio-0-1.png").is_file()
+    assert "## ratio 0.1" in (tmp_path / "cs.md").read_text()
 
 
 def test_tune_and_mri_suite_tiny(tmp_path) -> None:
