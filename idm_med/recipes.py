@@ -78,6 +78,8 @@ def recipe(
         raise ValueError(f"unknown modality {modality!r}; expected one of {sorted(PRESETS)}")
     preset = dict(PRESETS[modality])
     preset["operator"] = {**preset["operator"], **(operator or {})}
+    for key in [k for k in overrides if k in preset]:  # e.g. another data mix
+        preset[key] = overrides.pop(key)
     fields = dict(
         image_size=image_size,
         init=None if from_scratch else PRIORS[preset["image_channels"]],

@@ -30,7 +30,7 @@ def _option(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` -> ``(KEY, VALUE)``, VALUE parsed as JSON when it is JSON."""
     key, sep, value = text.partition("=")
     if not sep:
-        raise SystemExit(f"--operator-option expects KEY=VALUE, got {text!r}")
+        raise SystemExit(f"expected KEY=VALUE, got {text!r}")
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
@@ -63,7 +63,16 @@ def main() -> None:
         metavar="KEY=VALUE",
         help='update the preset operator, VALUE as JSON (e.g. pinv="direct" for CT at 64²)',
     )
+    parser.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="MODALITY=WEIGHT",
+        help="training data mix over the corpus modalities (natural, mri, ct) instead of "
+        "the preset's, e.g. --data ct=0.5 --data mri=0.25 --data natural=0.25",
+    )
     args = parser.parse_args()
+    data = {key: float(value) for key, value in map(_option, args.data)}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     config = recipe(
@@ -77,6 +86,7 @@ def main() -> None:
         mixed_precision=args.mixed_precision,
         checkpoint_every=args.checkpoint_every,
         operator=dict(_option(text) for text in args.operator_option),
+        **({"data": data} if data else {}),
     )
     train(config, args.output, resume=args.resume)
 

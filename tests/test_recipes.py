@@ -33,6 +33,8 @@ def test_recipe_overrides_and_errors():
     assert config.operator == {**PRESETS["cs"]["operator"], "ratio": 0.3}
     assert (config.steps, config.injectors) == (5, False)
     assert config.make_model().injectors is None
+    mixed = recipe("ct", data={"ct": 0.5, "natural": 0.5})  # a preset field replaced
+    assert (mixed.data, mixed.operator) == ({"ct": 0.5, "natural": 0.5}, PRESETS["ct"]["operator"])
     with pytest.raises(ValueError, match="unknown modality"):
         recipe("pet")
 
