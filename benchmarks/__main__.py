@@ -22,6 +22,8 @@ SUITES = {
     "operators": "time A, At and A_pinv of every operator (results/operators.md)",
     "sense_bart": "multi-coil MRI end to end: SENSE A†y against BART ecalib + pics "
     "(results/sense_bart.md)",
+    "sense_cutoff": "SENSE A† cutoff for the noisy MRI settings, on validation images "
+    "(results/sense_cutoff.md)",
     "memory": "training-step memory of the IDM modes over T (results/memory.md)",
     "training_cost": "cost of one training step per choice: patch, batch, T, width, bf16, "
     "channels-last, torch.compile (results/training_cost.md)",

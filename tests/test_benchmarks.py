@@ -210,13 +210,12 @@ def test_noisy_mri_setting_adds_seeded_kspace_noise_and_bounds_the_pinv() -> Non
     """The noisy SENSE settings measure A x plus σ complex noise on the sampled k-space,
     seeded by the image index, with the measured-data cutoff on A†."""
     from benchmarks import mri
-    from idm_med.acquisition.mri import MEASURED_SENSE_RTOL
 
     setting = next(s for s in mri.SUITE.settings if s.name == "4x random 8-coil SENSE noisy")
     clean = next(s for s in mri.SUITE.settings if s.name == "4x random 8-coil SENSE")
     assert clean.noise is None
     op = setting.make_operator(32)
-    assert op.config["pinv_rtol"] == MEASURED_SENSE_RTOL
+    assert op.config["pinv_rtol"] == mri.NOISY_SENSE_RTOL
     x = mri.encode(np.random.default_rng(0).random((32, 32)), 0)
     y = op.A(x)
     noise = setting.measure(op, x, 3) - y
@@ -226,3 +225,22 @@ def test_noisy_mri_setting_adds_seeded_kspace_noise_and_bounds_the_pinv() -> Non
     assert std == pytest.approx(mri.NOISE_SIGMA, rel=0.05)
     assert torch.equal(setting.measure(op, x, 3), setting.measure(op, x, 3))
     assert not torch.equal(setting.measure(op, x, 3), setting.measure(op, x, 4))
+
+
+def test_sense_cutoff_picks_the_best_validation_cutoff(tmp_path) -> None:
+    """The cutoff scan scores A†y of every noisy setting per cutoff and marks the best."""
+    from benchmarks import sense_cutoff
+
+    sense_cutoff.main(["--quick", "--output-dir", str(tmp_path)])
+    result = json.loads((tmp_path / "sense_cutoff.json").read_text())
+    assert set(result["settings"]) == {
+        "4x random 8-coil SENSE noisy",
+        "8x random 8-coil SENSE noisy",
+    }
+    for rec in result["settings"].values():
+        assert len(rec["psnr"]) == len(sense_cutoff.GRID)
+        assert rec["psnr"][str(rec["best"])] == max(rec["psnr"].values())
+    # The cutoff matters on noisy data: the grid's ends differ clearly.
+    rec = result["settings"]["4x random 8-coil SENSE noisy"]
+    assert abs(rec["psnr"]["0.01"] - rec["psnr"]["0.2"]) > 1.0
+    assert "**" in (tmp_path / "sense_cutoff.md").read_text()
