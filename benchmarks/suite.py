@@ -202,6 +202,13 @@ def summary(suite: Suite, rows: list[dict]) -> list[str]:
     return [*out, ""]
 
 
+def _noise_note(suite: Suite) -> str:
+    noisy = [s.name for s in suite.settings if s.noise is not None]
+    if not noisy:
+        return "Noiseless measurements. "
+    return f"Noiseless measurements except in {', '.join(noisy)} (noise as below). "
+
+
 def to_markdown(suite: Suite, payload: dict, command: str) -> str:
     """The results table, one section per setting, best value per column in bold."""
     from idm_med.datasets import corpus
@@ -218,7 +225,7 @@ def to_markdown(suite: Suite, payload: dict, command: str) -> str:
         f"Machine: {payload['machine']}",
         "",
         f"Test images ({size}², slices per source): {test}. Tuning (validation) images: {val}.",
-        "Noiseless measurements. " + suite.notes,
+        _noise_note(suite) + suite.notes,
         "",
     ]
     lines += summary(suite, payload["rows"])
