@@ -44,7 +44,9 @@ class Setting:
     in the PSNR-vs-ratio figure."""
 
     name: str
-    make_operator: Callable[[int], Operator]
+    #: ``make_operator(size)``; a setting may take operator overrides by keyword too
+    #: (the MRI settings: ``pinv_rtol``, scanned by ``benchmarks.sense_cutoff``)
+    make_operator: Callable[..., Operator]
     ratio: float
     group: str = ""
     #: ``noise(y, seed) -> noisy y``; ``None``: noiseless measurements
