@@ -42,9 +42,14 @@ def validation_cases(suite: Suite, setting: Setting, op, val: dict[str, list]) -
 
 
 def tune_suite(
-    suite: Suite, size: int, max_slices: int | None, settings: list[str] | None = None
+    suite: Suite,
+    size: int,
+    max_slices: int | None,
+    settings: list[str] | None = None,
+    methods: list[str] | None = None,
 ) -> dict:
-    """``{setting: {method: grid-search record}}`` of one suite on validation images."""
+    """``{setting: {method: grid-search record}}`` of one suite on validation images
+    (only ``settings`` / ``methods`` when given)."""
     val = data.images(suite.modality, "val", size, max_slices=max_slices)
     out: dict = {}
     for setting in suite.settings:
@@ -58,7 +63,7 @@ def tune_suite(
 
         out[setting.name] = {}
         for method in baselines.applicable(op, list(suite.methods)):
-            if not baselines.get(method).grid:
+            if not baselines.get(method).grid or (methods and method not in methods):
                 continue
             fixed = suite.fixed.get(method, {})
             record = grid_search(method, cases, score, suite.grids.get(method), fixed)
@@ -83,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--suites", nargs="+", choices=QUALITY_SUITES, default=list(QUALITY_SUITES))
     parser.add_argument("--settings", nargs="+", default=None, help="only these settings")
+    parser.add_argument("--methods", nargs="+", default=None, help="only these methods")
     parser.add_argument(
         "--max-slices", type=int, default=MAX_VAL_SLICES, help="validation slices per source"
     )
@@ -94,11 +100,13 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.suites:
         suite = importlib.import_module(f"benchmarks.{name}").SUITE
         settings = args.settings or ([suite.settings[0].name] if args.quick else None)
-        result = tune_suite(suite, size, slices, settings)
+        result = tune_suite(suite, size, slices, settings, args.methods)
         # Re-read and write after every suite: a long run keeps what it finished, and
         # concurrent runs on different suites do not drop each other's records.
         payload = json.loads(path.read_text()) if path.is_file() else {"suites": {}}
-        payload["suites"].setdefault(name, {}).update(result)
+        stored = payload["suites"].setdefault(name, {})
+        for setting, records in result.items():  # other methods' records are kept
+            stored.setdefault(setting, {}).update(records)
         payload["runs"] = {
             **payload.get("runs", {}),
             name: {

@@ -174,6 +174,8 @@ def test_tune_and_mri_suite_tiny(tmp_path) -> None:
     assert tv["best"] in [s["params"] for s in tv["scores"]]
     assert tv["best_score"] == max(s["score"] for s in tv["scores"])
     assert tv["validation"] == {"mni152_val": 1}
+    both = replace(mri.SUITE, methods=("pinv", "tv", "wavelet"))
+    assert set(tune_suite(both, 32, 1, [setting], ["wavelet"])[setting]) == {"wavelet"}
     config = RunConfig(size=32, max_sources=1, max_slices=1, settings=(setting,))
     payload = run_suite(suite, config, {"mri": record})
     rows = {r["method"]: r for r in payload["rows"]}
