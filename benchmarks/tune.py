@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import shlex
 import time
 
 import torch
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         payload["runs"] = {
             **payload.get("runs", {}),
             name: {
-                "command": "python -m benchmarks tune" + (" " + " ".join(argv) if argv else ""),
+                "command": shlex.join(["python", "-m", "benchmarks", "tune", *(argv or [])]),
                 "machine": describe_machine(),
                 "image_size": size,
                 "max_validation_slices": slices,
