@@ -87,15 +87,10 @@ def _setting(accel: int, mask: str, coils: str, noisy: bool = False) -> Setting:
         )
 
     label = "single-coil" if coils == "single" else f"{NUM_COILS}-coil SENSE"
+    name, group = f"{accel}x {mask} {label}", f"{label}, {mask}"
     if noisy:
-        return Setting(
-            f"{accel}x {mask} {label} noisy",
-            build,
-            1.0 / accel,
-            f"{label}, {mask}, noisy",
-            noise=_kspace_noise,
-        )
-    return Setting(f"{accel}x {mask} {label}", build, 1.0 / accel, f"{label}, {mask}")
+        name, group = f"{name} noisy", f"{group}, noisy"
+    return Setting(name, build, 1.0 / accel, group, noise=_kspace_noise if noisy else None)
 
 
 learned.register_shipped()
