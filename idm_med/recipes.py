@@ -67,11 +67,12 @@ def recipe(
     from_scratch: bool = False,
     mixed_precision: str = "no",
     checkpoint_every: int = 100,
+    seed: int = 0,
     operator: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> TrainingConfig:
     """The :class:`TrainingConfig` of ``modality``'s preset (T = 3, warm-up 50, the
-    learning rate halved after two thirds of the run, no EMA, seed 0). ``operator``
+    learning rate halved after two thirds of the run, no EMA, seed ``seed``). ``operator``
     updates the preset's operator options; ``overrides`` set other config fields
     (``steps``, ``injectors``, ``final_projection``, ...)."""
     if modality not in PRESETS:
@@ -98,7 +99,7 @@ def recipe(
             halve_lr_every=max(1, iterations * 2 // 3),
             ema_decay=0.0,
             checkpoint_every=checkpoint_every,
-            seed=0,
+            seed=seed,
             mixed_precision=mixed_precision,
         ),
     )

@@ -6,6 +6,9 @@
     python scripts/train_idm.py cs  --output runs/idm_cs_scratch --from-scratch   # ablation
     python scripts/train_idm.py ct  --output idm_med/pretrained/idm_ct --image-size 64 \
         --iterations 600
+    python scripts/train_idm.py inpainting --output runs/more \
+        --init idm_med/pretrained/idm_inpainting
+        --seed 1 --learning-rate 1e-4   # train a shipped model further
 
 Interrupted runs continue with ``--resume``. On 2 CPU cores the presets take 15-30 minutes
 each (single thread per run, fp32, plain autograd: the small backbone at 96² needs no
@@ -42,6 +45,12 @@ def main() -> None:
     parser.add_argument("modality", choices=sorted(PRESETS))
     parser.add_argument("--output", required=True)
     parser.add_argument("--from-scratch", action="store_true", help="no prior (ablation)")
+    parser.add_argument(
+        "--init",
+        help="start from this IDM checkpoint (e.g. a shipped model, to train it further) "
+        "instead of the shipped prior",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="data order and noise seed")
     parser.add_argument("--iterations", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=96)
@@ -72,6 +81,8 @@ def main() -> None:
         "the preset's, e.g. --data ct=0.5 --data mri=0.25 --data natural=0.25",
     )
     args = parser.parse_args()
+    if args.init and args.from_scratch:
+        parser.error("--init and --from-scratch exclude each other")
     data = {key: float(value) for key, value in map(_option, args.data)}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -85,8 +96,10 @@ def main() -> None:
         from_scratch=args.from_scratch,
         mixed_precision=args.mixed_precision,
         checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
         operator=dict(_option(text) for text in args.operator_option),
         **({"data": data} if data else {}),
+        **({"init": args.init} if args.init else {}),
     )
     train(config, args.output, resume=args.resume)
 
