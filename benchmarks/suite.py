@@ -53,8 +53,9 @@ class Setting:
     noise: Callable[[torch.Tensor, int], torch.Tensor] | None = None
 
     def measure(self, op: Operator, x: torch.Tensor, seed: int) -> torch.Tensor:
-        """The measurement ``y = A x`` of one image, plus the setting's noise (seeded by
-        the image's index, so the test and validation draws never coincide)."""
+        """The measurement ``y = A x`` of one image, plus the setting's noise drawn with
+        ``seed`` (:func:`measure_test_images` and :func:`benchmarks.tune.validation_cases` give
+        every image its own)."""
         y = op.A(x)
         return y if self.noise is None else self.noise(y, seed)
 
@@ -142,6 +143,23 @@ def _measure(suite, setting, op, method, params, sources) -> tuple[dict, dict]:
     return row, shown
 
 
+def measure_test_images(
+    suite: Suite, setting: Setting, op: Operator, test: dict[str, list[np.ndarray]]
+) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """``{source: [(x, y)]}``: the test images ``test`` encoded (MRI phase seeded by the
+    slice's index in its source) and measured in ``setting``. The noise is seeded by a
+    running index over all test images, so no two of them share a noise draw (the
+    validation draws, :func:`benchmarks.tune.validation_cases`, start at 1000)."""
+    cases, index = {}, 0
+    for src, imgs in test.items():
+        cases[src] = []
+        for i, im in enumerate(imgs):
+            x = suite.encode(im, i)
+            cases[src].append((x, setting.measure(op, x, index)))
+            index += 1
+    return cases
+
+
 def run_suite(suite: Suite, config: RunConfig, tuning: dict | None = None) -> dict[str, Any]:
     """Measure the suite; returns the JSON payload (rows, data, machine, timings)."""
     tuning = load_tuning(TUNING) if tuning is None else tuning
@@ -151,10 +169,7 @@ def run_suite(suite: Suite, config: RunConfig, tuning: dict | None = None) -> di
         if config.settings is not None and setting.name not in config.settings:
             continue
         op = setting.make_operator(config.size)
-        sources = {}
-        for src, imgs in test.items():
-            xs = [suite.encode(im, i) for i, im in enumerate(imgs)]
-            sources[src] = [(x, setting.measure(op, x, i)) for i, x in enumerate(xs)]
+        sources = measure_test_images(suite, setting, op, test)
         gts = {src: suite.decode(cases[0][0]) for src, cases in sources.items()}
         shown = {"reference": gts}
         for method in baselines.applicable(op, list(suite.methods)):

@@ -7,7 +7,7 @@
     python scripts/train_idm.py ct  --output idm_med/pretrained/idm_ct --image-size 64 \
         --iterations 600
     python scripts/train_idm.py inpainting --output runs/more \
-        --init idm_med/pretrained/idm_inpainting
+        --init idm_med/pretrained/idm_inpainting \
         --seed 1 --learning-rate 1e-4   # train a shipped model further
 
 Interrupted runs continue with ``--resume``. On 2 CPU cores the presets take 15-30 minutes

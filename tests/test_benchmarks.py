@@ -246,3 +246,22 @@ def test_sense_cutoff_picks_the_best_validation_cutoff(tmp_path) -> None:
     rec = result["settings"]["4x random 8-coil SENSE noisy"]
     assert abs(rec["psnr"]["0.01"] - rec["psnr"]["0.2"]) > 1.0
     assert "**" in (tmp_path / "sense_cutoff.md").read_text()
+
+
+def test_every_noisy_test_image_gets_its_own_noise_draw() -> None:
+    """The first slices of two test sources (same slice index) are measured with
+    different noise, and the cases are reproducible."""
+    from benchmarks import mri
+    from benchmarks.suite import measure_test_images
+
+    setting = next(s for s in mri.SUITE.settings if s.name == "4x random 8-coil SENSE noisy")
+    op = setting.make_operator(32)
+    image = np.random.default_rng(0).random((32, 32))
+    test = {"a": [image, image], "b": [image]}
+    cases = measure_test_images(mri.SUITE, setting, op, test)
+    noise = [y - op.A(x) for src in ("a", "b") for x, y in cases[src]]
+    assert len(noise) == 3
+    assert not torch.equal(noise[0], noise[2])  # slice 0 of a vs slice 0 of b
+    assert not torch.equal(noise[0], noise[1])
+    again = measure_test_images(mri.SUITE, setting, op, test)
+    assert torch.equal(again["b"][0][1], cases["b"][0][1])
