@@ -81,14 +81,16 @@ def merge(
             )
     if old["test_data"] != new["test_data"]:
         raise ValueError(f"--merge: other test images ({old['test_data']} vs {new['test_data']})")
-    old_settings = {r["setting"] for r in old["rows"]}
+    replaced = {(r["setting"], r["method"]) for r in new["rows"]}
+    # A redrawn figure needs the old panels of the rows this run keeps (none when it
+    # measures every method of the setting again).
+    kept = {r["setting"] for r in old["rows"] if (r["setting"], r["method"]) not in replaced}
     for setting in new["_shown"]:
-        if setting in old_settings and setting not in old_shown:
+        if setting in kept and setting not in old_shown:
             raise ValueError(
                 f"--merge: no panels of {setting!r} to redraw its figure (they are kept in "
                 f"the panels file of a full run: python -m benchmarks {old['suite']})"
             )
-    replaced = {(r["setting"], r["method"]) for r in new["rows"]}
     rows = [r for r in old["rows"] if (r["setting"], r["method"]) not in replaced] + new["rows"]
     settings = list(dict.fromkeys(r["setting"] for r in old["rows"] + new["rows"]))
     order = {m: i for i, m in enumerate(methods)}

@@ -157,6 +157,11 @@ def test_merge_adds_methods_to_existing_results(tmp_path) -> None:
     assert (tmp_path / "cs_ratio-0-3.png").read_bytes() == old_figure
     assert (tmp_path / "cs_ratio-0-1.png").is_file()
     assert "## ratio 0.1" in (tmp_path / "cs.md").read_text()
+    # A rerun of every method of a setting needs none of its old panels.
+    suite_merge.panels_path(tmp_path, "cs").unlink()
+    merged = suite_merge.merge(*suite_merge.load_previous(tmp_path, "cs"), both, cs.SUITE.methods)
+    assert [r["setting"] for r in merged["rows"]] == ["ratio 0.3", "ratio 0.3", "ratio 0.1"]
+    assert list(merged["_shown"]["ratio 0.3"]) == ["reference", "A†y", "TV (Chambolle–Pock)"]
 
 
 def test_tune_and_mri_suite_tiny(tmp_path) -> None:
