@@ -24,6 +24,8 @@ SUITES = {
     "(results/sense_bart.md)",
     "sense_cutoff": "SENSE A† cutoff for the noisy MRI settings, on validation images "
     "(results/sense_cutoff.md)",
+    "ct_inner_cg": "CG iterations of IDM's inner solves on CT, on validation images "
+    "(results/ct_inner_cg.md)",
     "memory": "training-step memory of the IDM modes over T (results/memory.md)",
     "training_cost": "cost of one training step per choice: patch, batch, T, width, bf16, "
     "channels-last, torch.compile (results/training_cost.md)",

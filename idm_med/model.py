@@ -286,16 +286,27 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
             return functions, None, x_T, None
         return functions, self.coupling_weights(), x_T, self.w_T * x_T
 
-    def forward(self, y: torch.Tensor, operator: nn.Module | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        y: torch.Tensor,
+        operator: nn.Module | None = None,
+        inner_operator: nn.Module | None = None,
+    ) -> torch.Tensor:
         """Reconstruct ``x̂`` ``(B, *operator.image_shape)`` from ``y`` ``(B, *measurement_shape)``.
 
-        ``operator`` defaults to the one stored in the config. Raises ``ValueError`` for a
-        measurement of the wrong shape, NaN/inf in ``y`` or mismatched image channels.
+        ``operator`` defaults to the one stored in the config. ``inner_operator`` (default
+        ``operator``), the same ``A`` with a cheaper approximate ``A_pinv`` (e.g.
+        :meth:`~idm_med.operators.conjugate_gradient.CGPseudoInverse.with_cg_max_iter`),
+        serves ``A†y``, the unrolled steps and the injectors; the final range–null-space
+        step always uses ``operator``, so the output stays consistent with ``y``. Raises
+        ``ValueError`` for a measurement of the wrong shape, NaN/inf in ``y`` or
+        mismatched image channels.
         """
         mode = self.memory_mode
         self._check_mode(mode)
         level2 = "reversible" if mode == "level1+2" else "autograd"
-        functions, v, x, h = self.coupling_inputs(y, operator, level2)
+        inner = operator if inner_operator is None else inner_operator
+        functions, v, x, h = self.coupling_inputs(y, inner, level2)
         if not self.coupling:
             for f in functions:
                 if mode == "checkpoint" and torch.is_grad_enabled():

@@ -13,6 +13,7 @@ CG-based operator solves the same way.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -151,6 +152,22 @@ class CGPseudoInverse:
             raise ValueError(f"cg_max_iter must be a positive integer, got {max_iter!r}")
         self.cg_tol, self.cg_max_iter, self.cg_float64 = float(tol), int(max_iter), bool(float64)
         return {"cg_tol": self.cg_tol, "cg_max_iter": self.cg_max_iter}
+
+    def with_cg_max_iter(self, max_iter: int) -> CGPseudoInverse:
+        """A view of this operator whose CG stops after at most ``max_iter`` iterations:
+        a cheaper, approximate ``A_pinv`` / ``AtA`` (``A`` and ``At`` unchanged) for
+        solves whose accuracy matters less than their cost, such as IDM's inner steps
+        (:meth:`idm_med.model.IDM.forward`, ``inner_operator``). The view shares this
+        operator's buffers, so it follows later ``update`` / ``resample`` calls; its
+        ``config`` states the cap."""
+        if isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 1:
+            raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+        view = copy.copy(self)  # a new __dict__; parameters, buffers, submodules shared
+        view.cg_max_iter = int(max_iter)
+        config = getattr(self, "_config", None)
+        if isinstance(config, dict):
+            view._config = {**config, "cg_max_iter": int(max_iter)}
+        return view
 
     def _cg_maps(self, dtype: torch.dtype) -> tuple[LinearMap, LinearMap]:
         return self._A, self._At  # type: ignore[attr-defined]
