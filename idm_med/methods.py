@@ -22,10 +22,11 @@ METHODS = ("pinv", "tv", "idm", "ddnm", "sr3")
 
 #: CG iterations of the solves inside IDM's unrolled steps on operators whose ``A_pinv``
 #: is CG (sparse-view CT at clinical sizes); the final range–null-space step keeps the
-#: operator's own setting. On the CT test section (256², 30 views) a cap of 30 costs
-#: -0.06 dB against 200 iterations at a quarter of the time
-#: (``python -m benchmarks ct_inner_cg``, results/ct_inner_cg.md).
-INNER_CG_MAX_ITER = 30
+#: operator's own setting. On the CT validation section (256², shipped ``idm_ct``) a cap
+#: of 10 costs 0.01 / 0.21 / 0.17 dB (HU window) at 30 / 60 / 90 views against the
+#: operator's 200 iterations and makes the reconstruction 9-10x faster; caps of 20 and 30
+#: measured no better (``python -m benchmarks ct_inner_cg``, results/ct_inner_cg.md).
+INNER_CG_MAX_ITER = 10
 
 
 class IDMMethod:
