@@ -15,18 +15,14 @@ sections are never seen.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 import numpy as np
-import torch
 
 from benchmarks import ct, data
-from benchmarks.machine import describe_machine
-from benchmarks.options import base_parser
+from benchmarks.options import run_scan
 from benchmarks.tune import MAX_VAL_SLICES, validation_cases
-from idm_med.datasets.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -99,18 +95,7 @@ def to_markdown(result: dict, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = base_parser(
-        "python -m benchmarks ct_inner_cg", __doc__, "64², 1 validation slice per source"
-    )
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    size, slices = (64, 1) if args.quick else (256, MAX_VAL_SLICES)
-    t0 = time.perf_counter()
-    result = scan(size, slices)
-    result["machine"] = describe_machine()
-    result["wall_seconds"] = time.perf_counter() - t0
-    command = "python -m benchmarks ct_inner_cg" + (" " + " ".join(argv) if argv else "")
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.output_dir / "ct_inner_cg.json", json.dumps(result, indent=1))
-    atomic_write_text(args.output_dir / "ct_inner_cg.md", to_markdown(result, command))
-    logger.info("wrote %s", args.output_dir / "ct_inner_cg.md")
+    def run(quick: bool) -> dict:
+        return scan(*((64, 1) if quick else (256, MAX_VAL_SLICES)))
+
+    run_scan("ct_inner_cg", argv, __doc__, run, to_markdown)

@@ -270,3 +270,19 @@ def test_every_noisy_test_image_gets_its_own_noise_draw() -> None:
     assert not torch.equal(noise[0], noise[1])
     again = measure_test_images(mri.SUITE, setting, op, test)
     assert torch.equal(again["b"][0][1], cases["b"][0][1])
+
+
+def test_ct_inner_cg_table_lists_every_cap_per_setting() -> None:
+    from benchmarks import ct_inner_cg
+
+    row = {"psnr_hu": 30.0, "psnr": 45.0, "residual": 1e-5, "seconds": 12.0}
+    result = {
+        "settings": {"30 views": {"None": row, "10": {**row, "psnr_hu": 29.5}}},
+        "validation": {"CT_small": 1},
+        "size": 256,
+        "operator_cg_max_iter": 200,
+        "machine": "m",
+    }
+    table = ct_inner_cg.to_markdown(result, "python -m benchmarks ct_inner_cg")
+    assert "| 30 views | none | 30.00 |" in table and "| 30 views | 10 | 29.50 |" in table
+    assert "operator's 200" in table
