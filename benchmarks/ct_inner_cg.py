@@ -5,7 +5,7 @@ At clinical sizes the CT ``A_pinv`` is CG (:mod:`idm_med.operators.sparse_view_c
 IDM pays one solve per injector and per unrolled step. The inner solves feed a network
 that was trained on exact ones, so a capped CG is an approximation whose cost in quality
 is measured here: for each view count of the CT suite and each cap, the shipped CT model
-reconstructs the suite's *validation* sections (``IDMMethod(inner_cg_max_iter=cap)``;
+reconstructs the suite's *validation* sections (``IDMMethod.inner_cg_max_iter = cap``;
 the final range–null-space step keeps the operator's 200 iterations, so the output stays
 consistent with ``y``). Writes ``results/ct_inner_cg.md`` / ``.json`` with PSNR (HU
 window and [0, 1]), the data residual ``‖A x̂ − y‖ / ‖y‖`` and seconds per slice. The
@@ -36,13 +36,14 @@ def scan(size: int, max_slices: int, caps: tuple[int | None, ...] = CAPS) -> dic
     from idm_med.pretrained import pretrained_path
 
     val = data.images("ct", "val", size, max_slices=max_slices)
+    method = IDMMethod(pretrained_path("idm_ct"))
     out: dict = {}
     for setting in ct.SUITE.settings:
         op = setting.make_operator(size)
         cases = validation_cases(ct.SUITE, setting, op, val)
         rows = {}
         for cap in caps:
-            method = IDMMethod(pretrained_path("idm_ct"), inner_cg_max_iter=cap)
+            method.inner_cg_max_iter = cap
             scores, residuals, seconds = [], [], []
             for y, _op, gt in cases:
                 t0 = time.perf_counter()

@@ -298,7 +298,8 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         ``operator``), the same ``A`` with a cheaper approximate ``A_pinv`` (e.g.
         :meth:`~idm_med.operators.conjugate_gradient.CGPseudoInverse.with_cg_max_iter`),
         serves ``A†y``, the unrolled steps and the injectors; the final range–null-space
-        step always uses ``operator``, so the output stays consistent with ``y``. Raises
+        step (``final_projection``; without coupling, one after the last step) uses
+        ``operator``, so the output stays consistent with ``y``. Raises
         ``ValueError`` for a measurement of the wrong shape, NaN/inf in ``y`` or
         mismatched image channels.
         """
@@ -313,6 +314,8 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
                     x = checkpoint(f, x, use_reentrant=False)
                 else:
                     x = f(x)
+            if inner_operator is not None:  # the last step projected with the cheaper A†
+                x = range_null_space_projection(x, y, self._resolve_operator(operator))
             return x
         seq_mode = {"autograd": "autograd", "checkpoint": "checkpoint"}.get(mode, "reversible")
         params = [

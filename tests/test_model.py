@@ -396,6 +396,10 @@ def test_inner_operator_serves_the_steps_and_the_final_step_uses_the_exact_one()
         assert (op.A(out) - y).norm() / y.norm() < 1e-3  # measured 3.1e-5 / 3.3e-5
     # Without the exact final step the capped solver leaves a larger residual (1.9e-2).
     assert (op.A(unprojected) - y).norm() > 10 * (op.A(fast) - y).norm()
+    plain = _model("small", op, coupling=False)  # its last unrolled step, then op's
+    with torch.no_grad():
+        out = plain(y, op, inner_operator=inner)
+    assert (op.A(out) - y).norm() / y.norm() < 1e-3
     method = IDMMethod.__new__(IDMMethod)
     method.inner_cg_max_iter = 2
     assert method.inner_operator(op).cg_max_iter == 2

@@ -28,6 +28,34 @@ def test_recipe_reproduces_the_shipped_models_settings(name, modality):
     assert asdict(config.loop) == saved["loop"]
 
 
+@pytest.mark.parametrize(
+    ("record", "options"),
+    [
+        ("training_stage1.json", {"iterations": 800}),
+        (
+            "training_stage2.json",
+            dict(
+                iterations=1000,
+                learning_rate=1e-4,
+                seed=1,
+                init="idm_med/pretrained/idm_inpainting",
+            ),
+        ),
+        (
+            "training.json",
+            dict(iterations=1000, learning_rate=1e-4, seed=2, init="runs/idm_inpainting_more"),
+        ),
+    ],
+)
+def test_recipe_reproduces_each_stage_of_the_inpainting_model(record, options):
+    """idm_inpainting was trained in three stages (``train_idm.py``, then twice
+    ``--init`` the previous stage with ``--seed``): each record is its recipe."""
+    saved = json.loads((PRETRAINED / "idm_inpainting" / record).read_text())
+    config = recipe("inpainting", **options)
+    assert training_record(config) == {k: v for k, v in saved.items() if k != "loop"}
+    assert asdict(config.loop) == saved["loop"]
+
+
 def test_recipe_overrides_and_errors():
     config = recipe("cs", operator={"ratio": 0.3}, steps=5, injectors=False)
     assert config.operator == {**PRESETS["cs"]["operator"], "ratio": 0.3}
