@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from benchmarks import ct, data
+from benchmarks.machine import report_header
 from benchmarks.options import run_scan
 from benchmarks.tune import MAX_VAL_SLICES, validation_cases
 
@@ -70,11 +71,9 @@ def scan(size: int, max_slices: int, caps: tuple[int | None, ...] = CAPS) -> dic
 def to_markdown(result: dict, command: str) -> str:
     val = ", ".join(f"{name} ({n} slices)" for name, n in result["validation"].items())
     lines = [
-        "# CG iterations of IDM's inner solves on sparse-view CT",
-        "",
-        f"Regenerate with `{command}`.",
-        "",
-        f"Machine: {result['machine']}",
+        *report_header(
+            "CG iterations of IDM's inner solves on sparse-view CT", command, result["machine"]
+        ),
         "",
         f"The shipped `idm_ct` on the CT suite's validation sections ({result['size']}², "
         f"{val}); the inner solves (A†y, the unrolled steps' range–null-space steps, the "

@@ -28,3 +28,18 @@ def describe_machine() -> str:
         f"torch {torch.__version__}, Python {platform.python_version()}, {platform.system()}",
     ]
     return "; ".join(parts)
+
+
+def report_header(title: str, command: str, machine: str, command_note: str = "") -> list[str]:
+    """The opening lines every results file shares: title, how to regenerate it, machine.
+
+    ``machine`` is the text after ``Machine:`` (it may run on into the caller's next
+    line); ``command_note`` follows the command inside the same sentence.
+    """
+    return [
+        f"# {title}",
+        "",
+        f"Regenerate with `{command}`{command_note}.",
+        "",
+        f"Machine: {machine}",
+    ]

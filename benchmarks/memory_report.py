@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks.machine import report_header
 from idm_med.model import MEMORY_MODES
 
 MB = 2**20
@@ -82,11 +83,11 @@ def to_markdown(
     rows: list[dict], checks: list[dict], gradcheck: dict | None, cmd: str, machine: str
 ) -> str:
     lines = [
-        "# Training-step memory of the IDM memory modes",
-        "",
-        f"Regenerate with `{cmd}`.",
-        "",
-        f"Machine: {machine}. The machine was shared with other jobs, so step",
+        *report_header(
+            "Training-step memory of the IDM memory modes",
+            cmd,
+            f"{machine}. The machine was shared with other jobs, so step",
+        ),
         "times carry noise; the memory figures are deterministic up to allocator effects.",
         "",
         "One step = forward, L1 loss to the target, backward (.grad zeroed in place); batch 1,",

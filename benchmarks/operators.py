@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.benchmark import Timer
 
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, report_header
 from idm_med.operators import available_operators, make_operator
 
 logger = logging.getLogger(__name__)
@@ -116,11 +116,7 @@ def run(
 
 def to_markdown(rows: list[dict], command: str) -> str:
     lines = [
-        "# Operator timings",
-        "",
-        f"Regenerate with `{command}`.",
-        "",
-        f"Machine: {describe_machine()}",
+        *report_header("Operator timings", command, describe_machine()),
         "",
         "Median seconds per call (no autograd), float32. `A_pinv / A` is the cost the IDM core",
         "pays per range–null-space step relative to one forward; `‖AA†y−y‖/‖y‖` how exact",

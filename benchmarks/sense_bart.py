@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, report_header
 from idm_med import metrics
 from idm_med.acquisition.mri import MEASURED_SENSE_RTOL, iter_volume, slice_coil_maps
 from idm_med.baselines.bart import bart_available, bart_ecalib_pics
@@ -101,11 +101,11 @@ def measure(acceleration: float, index: int, threads: int, bart_lam: float) -> d
 
 def to_markdown(rows: list[dict], command: str, threads: int, bart_lam: float) -> str:
     lines = [
-        "# Multi-coil MRI end to end: idm-med SENSE A†y against BART ecalib + pics",
-        "",
-        f"Regenerate with `{command}`.",
-        "",
-        f"Machine: {describe_machine()}; {threads} thread(s) for both.",
+        *report_header(
+            "Multi-coil MRI end to end: idm-med SENSE A†y against BART ecalib + pics",
+            command,
+            f"{describe_machine()}; {threads} thread(s) for both.",
+        ),
         "",
         f"Slice of `{SAMPLE.name}` (8 coils, 256²), equispaced columns, "
         f"{CENTER_FRACTION:.0%} centre. idm-med: ESPIRiT (sigpy) + SENSE operator with the "

@@ -17,6 +17,7 @@ import logging
 import numpy as np
 
 from benchmarks import data, mri
+from benchmarks.machine import report_header
 from benchmarks.options import run_scan
 from benchmarks.tune import MAX_VAL_SLICES, TUNE_SIZE, validation_cases
 
@@ -49,11 +50,9 @@ def to_markdown(result: dict, command: str) -> str:
     grid = list(next(iter(result["settings"].values()))["psnr"])
     val = ", ".join(f"{name} ({n} slices)" for name, n in result["validation"].items())
     lines = [
-        "# SENSE pseudo-inverse cutoff on noisy multi-coil data",
-        "",
-        f"Regenerate with `{command}`.",
-        "",
-        f"Machine: {result['machine']}",
+        *report_header(
+            "SENSE pseudo-inverse cutoff on noisy multi-coil data", command, result["machine"]
+        ),
         "",
         f"PSNR (dB) of A†y on the MRI suite's validation images ({result['size']}², "
         f"{val}), measured with each setting's noise, for cutoffs "

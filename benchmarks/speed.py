@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, report_header
 from benchmarks.memory import BACKBONES
 from benchmarks.options import base_parser
 from idm_med.ddnm import ddnm_sample
@@ -94,11 +94,11 @@ def compare(backbone: str, size: int, repeats: int, ddnm_steps: int = 100) -> di
 
 def to_markdown(rows: list[dict], cmd: str, threads: int) -> str:
     lines = [
-        "# Reconstruction speed: IDM (T = 3) against DDNM (100 steps)",
-        "",
-        f"Regenerate with `{cmd}`.",
-        "",
-        f"Machine: {describe_machine()}. torch threads: {threads}. The machine was shared",
+        *report_header(
+            "Reconstruction speed: IDM (T = 3) against DDNM (100 steps)",
+            cmd,
+            f"{describe_machine()}. torch threads: {threads}. The machine was shared",
+        ),
         "with other jobs during the run; IDM and DDNM were timed in interleaved repeats so",
         "load changes affect both alike.",
         "",

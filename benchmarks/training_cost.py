@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, report_header
 from benchmarks.options import base_parser
 from idm_med.backbones import small_unet_config
 from idm_med.datasets.atomic import atomic_path
@@ -102,13 +102,13 @@ def config_operator(config):
 def to_markdown(rows: list[dict], payload: dict) -> str:
     base = rows[0]["seconds"]
     lines = [
-        "# Cost of one IDM training step per choice",
-        "",
-        f"Regenerate with `{payload['command']}`.",
-        "",
-        f"Machine: {payload['machine']}; median of {payload['repeats']} steps after "
-        f"{payload['warmup']} warm-up steps. Other jobs may have shared the machine: "
-        "compare rows within one run.",
+        *report_header(
+            "Cost of one IDM training step per choice",
+            payload["command"],
+            f"{payload['machine']}; median of {payload['repeats']} steps after "
+            f"{payload['warmup']} warm-up steps. Other jobs may have shared the machine: "
+            "compare rows within one run.",
+        ),
         "",
         "| choice | s / step | × baseline | pixels / s |",
         "|---|---|---|---|",
