@@ -22,6 +22,7 @@ outputs and stay in memory.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -43,6 +44,7 @@ from .backbone_layout import (
 from .channel_adapters import adapt_channels as _adapt_channels  # noqa: F401 (old name)
 from .injectors import InjectionSite, InjectorContext
 from .reversible import ReversibleBlockGroup
+from .windowed_attention import set_attention_window
 
 __all__ = ["LEVEL2_MODES", "NoiseEstimator", "sd_layout_config", "small_unet_config"]
 
@@ -121,12 +123,16 @@ class NoiseEstimator(nn.Module):
 
         self.sites: list[InjectionSite] = []
         s, n = self.unshuffle, len(self.up_blocks)
+        #: image size / feature size of each down and up block
+        self._factors = [s * 2**level for level in range(n)] + [
+            s * 2 ** (n - 1 - i) for i in range(n)
+        ]
         self._down = [
-            plan_block(b, s * 2**level, False, self._add_site)
+            plan_block(b, self._factors[level], False, self._add_site)
             for level, b in enumerate(self.down_blocks)
         ]
         self._up = [
-            plan_block(b, s * 2 ** (n - 1 - i), True, self._add_site)
+            plan_block(b, self._factors[n + i], True, self._add_site)
             for i, b in enumerate(self.up_blocks)
         ]
         self.groups = nn.ModuleList()
@@ -277,6 +283,18 @@ class NoiseEstimator(nn.Module):
         # Gradients of leaf parameters go straight into .grad (no full-model copy).
         leaves = all(p.is_leaf for p in params)
         return group(h, mode=mode, functions=fns, extra_params=params, accumulate_grad=leaves)
+
+    def set_attention_window(self, pixels: int | None) -> None:
+        """Attend within windows of ``pixels`` image pixels (each attention layer's token
+        window is ``ceil(pixels / its downsampling factor)``), or globally for ``None``;
+        see :mod:`idm_med.windowed_attention` (plain ``Attention`` layers only)."""
+        if pixels is not None and (isinstance(pixels, bool) or int(pixels) != pixels or pixels < 1):
+            raise ValueError(f"attention window must be a positive integer or None, got {pixels!r}")
+        for plan, factor in zip(self._down + self._up, self._factors, strict=True):
+            for layer in plan.layers:
+                if layer.attention is not None and not layer.transformer:
+                    window = None if pixels is None else math.ceil(pixels / factor)
+                    set_attention_window(layer.attention, window)
 
     # -- introspection ---------------------------------------------------------------
     def num_parameters(self) -> int:

@@ -36,6 +36,11 @@ class IDMMethod:
     ``inner_cg_max_iter``: on CG-solved operators, the cap of the CG iterations in the
     unrolled steps and the injectors (``None``: the operator's own, exact-as-it-gets
     setting); see :data:`INNER_CG_MAX_ITER`.
+
+    ``precision`` (``"fp32"`` / ``"bf16"``) and ``attention_window`` (pixels, ``None``:
+    global; ``"training"``: the checkpoint's training patch size) make inference faster:
+    :meth:`idm_med.model.IDM.set_backbone_precision`, :meth:`~idm_med.model.IDM.
+    set_attention_window` (the speed suite, results/speed.md, measures both).
     """
 
     def __init__(
@@ -44,12 +49,21 @@ class IDMMethod:
         device: str = "cpu",
         allow_mismatch=False,
         inner_cg_max_iter: int | None = INNER_CG_MAX_ITER,
+        precision: str = "fp32",
+        attention_window: int | str | None = None,
     ):
         from .checkpoints import ModelInfo, load_idm, resolve_checkpoint
 
         path = resolve_checkpoint(checkpoint)
         self.info = ModelInfo.read(path, "path")
-        self.model = load_idm(path).to(device)
+        self.model = load_idm(path).to(device).set_backbone_precision(precision)
+        if attention_window == "training":
+            attention_window = self.info.training.get("image_size")
+            if attention_window is None:
+                raise ValueError(
+                    f"{path}: training.json states no image_size for attention_window='training'"
+                )
+        self.model.set_attention_window(attention_window)
         self.allow_mismatch = allow_mismatch
         self.inner_cg_max_iter = inner_cg_max_iter
         self._checked: set[int] = set()
@@ -88,7 +102,8 @@ def make_method(
             the SR3 directory for ``"sr3"``.
         device: where the IDM model runs.
         allow_mismatch: run an IDM model on data it was not trained for (with a warning).
-        kwargs: passed to :func:`~idm_med.classical.tv_rnd_reconstruct` for ``"tv"``, to
+        kwargs: :class:`IDMMethod`'s ``precision`` / ``attention_window`` for ``"idm"``;
+            passed to :func:`~idm_med.classical.tv_rnd_reconstruct` for ``"tv"`` and to
             :func:`~idm_med.diffusion_methods.ddnm_method` / ``sr3_method`` otherwise
             (``progress=True`` shows the iterations inside each slice).
     """
@@ -102,7 +117,7 @@ def make_method(
     if name == "idm":
         if checkpoint is None:
             raise ValueError("method 'idm' needs checkpoint=<directory of a trained IDM model>")
-        return IDMMethod(checkpoint, device=device, allow_mismatch=allow_mismatch)
+        return IDMMethod(checkpoint, device=device, allow_mismatch=allow_mismatch, **kwargs)
     if name == "ddnm":
         from .diffusion_methods import ddnm_method
 

@@ -31,6 +31,11 @@ are identical:
 ``level1+2``     level 1 plus reversible level-2 groups inside the UNet and checkpointed
                  shape-changing modules (needs ``invertible_blocks=True``)
 ===============  ===========================================================================
+
+Backbone precision (:meth:`IDM.set_backbone_precision`): ``"bf16"`` runs the noise estimator
+under bfloat16 autocast (about 1.6x faster on CPUs with AVX-512 BF16 / AMX) while the
+operator (``A†y``, the projections and the injectors' ``A†A``) stays in the input's
+precision, so the output still satisfies ``A x̂ = y``.
 """
 
 from __future__ import annotations
@@ -61,9 +66,17 @@ from .reversible import (
 logger = logging.getLogger(__name__)
 
 MEMORY_MODES = ("autograd", "checkpoint", "level1", "level1+2")
+#: Precision of the noise estimator (:meth:`IDM.set_backbone_precision`).
+BACKBONE_PRECISIONS = ("fp32", "bf16")
 #: How ``x̂_T`` is made from ``A†y`` (the ``start`` option of :class:`IDM`).
 START_MODES = ("pinv", "noisy")
-__all__ = ["IDM", "MEMORY_MODES", "OPERATOR_WEIGHTS_NAME", "WEIGHTS_NAME"]
+__all__ = ["BACKBONE_PRECISIONS", "IDM", "MEMORY_MODES", "OPERATOR_WEIGHTS_NAME", "WEIGHTS_NAME"]
+
+
+def full_precision(t: torch.Tensor) -> torch.autocast:
+    """Autocast off on ``t``'s device: operator algebra (projections, ``A†A``) keeps the
+    input's precision inside a mixed-precision forward, so data consistency is exact."""
+    return torch.autocast(t.device.type, enabled=False)
 
 
 class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
@@ -152,6 +165,8 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         self._operator_cache: nn.Module | None = None
         self._operator_state: dict[str, torch.Tensor] | None = None
         self.memory_mode = "autograd"
+        self.backbone_precision = "fp32"
+        self.attention_window: int | None = None
 
     def __getattr__(self, name: str) -> Any:
         # The config keys ``backbone`` and ``injectors`` are also submodule names: the
@@ -188,6 +203,24 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         self.memory_mode = mode
         return self
 
+    def set_backbone_precision(self, precision: str) -> IDM:
+        """``"fp32"`` (default) or ``"bf16"``: the noise estimator under bfloat16 autocast,
+        the operator in full precision (module docstring); returns ``self``."""
+        if precision not in BACKBONE_PRECISIONS:
+            raise ValueError(
+                f"backbone precision must be one of {BACKBONE_PRECISIONS}, got {precision!r}"
+            )
+        self.backbone_precision = precision
+        return self
+
+    def set_attention_window(self, pixels: int | None) -> IDM:
+        """Attention within windows of ``pixels`` image pixels (e.g. the training patch
+        size) instead of over the whole image, or global for ``None`` (default); see
+        :mod:`idm_med.windowed_attention`. Returns ``self``."""
+        self.backbone.set_attention_window(pixels)
+        self.attention_window = pixels
+        return self
+
     def _check_mode(self, mode: str) -> None:
         if mode not in MEMORY_MODES:
             raise ValueError(f"memory mode must be one of {MEMORY_MODES}, got {mode!r}")
@@ -218,9 +251,13 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         # recomputation rebuilds the graph to alpha_raw.
         abar = self.alphas_cumprod()
         injectors = self.injectors[index] if self.injectors is not None else None
-        eps = self._unpad(self.backbone(self._pad(x), injectors, ctx, level2_mode), x)
+        bf16 = self.backbone_precision == "bf16"
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            eps = self.backbone(self._pad(x), injectors, ctx, level2_mode)
+        eps = self._unpad(eps, x).to(x.dtype)
         x0 = (x - torch.sqrt(1 - abar[t]) * eps) / torch.sqrt(abar[t])
-        x0 = range_null_space_projection(x0, y, operator)
+        with full_precision(x):
+            x0 = range_null_space_projection(x0, y, operator)
         if t == 1:  # ᾱ_0 = 1: the output is the projected estimate (avoids d√0 = ∞)
             return x0
         return torch.sqrt(abar[t - 1]) * x0 + torch.sqrt(1 - abar[t - 1]) * eps
@@ -266,14 +303,16 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         """
         operator = self._resolve_operator(operator)
         self._validate(y, operator)
-        x_pinv = operator.A_pinv(y)
+        with full_precision(y):
+            x_pinv = operator.A_pinv(y)
         ctx = None
         if self.injectors:
             # Injectors work at the backbone's (padded) size; the operator at its own.
-            ctx = InjectorContext(
-                x_pinv=self._pad(x_pinv),
-                AtA=lambda f: self._pad(operator.AtA(self._unpad(f, x_pinv))),
-            )
+            def row_space(f: torch.Tensor) -> torch.Tensor:
+                with full_precision(f):  # the operator in the input's precision
+                    return self._pad(operator.AtA(self._unpad(f, x_pinv).to(x_pinv.dtype)))
+
+            ctx = InjectorContext(x_pinv=self._pad(x_pinv), AtA=row_space)
         functions = [
             partial(self._step, i, y=y, operator=operator, ctx=ctx, level2_mode=level2_mode)
             for i in range(self.steps)
@@ -315,7 +354,8 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
                 else:
                     x = f(x)
             if inner_operator is not None:  # the last step projected with the cheaper A†
-                x = range_null_space_projection(x, y, self._resolve_operator(operator))
+                with full_precision(x):
+                    x = range_null_space_projection(x, y, self._resolve_operator(operator))
             return x
         seq_mode = {"autograd": "autograd", "checkpoint": "checkpoint"}.get(mode, "reversible")
         params = [
@@ -328,7 +368,8 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         x0, h0 = coupled_sequence(functions, v, x, h, params, mode=seq_mode, accumulate_grad=True)
         out = x0 + self.w_0 * h0
         if self.final_projection:
-            out = range_null_space_projection(out, y, self._resolve_operator(operator))
+            with full_precision(out):
+                out = range_null_space_projection(out, y, self._resolve_operator(operator))
         return out
 
     # -- construction ----------------------------------------------------------------

@@ -80,6 +80,8 @@ def _method_for(fmt: str, args: argparse.Namespace, device: str, cache: dict):
     if key not in cache:
         # Iterative methods show their iterations inside each slice (seconds to minutes).
         extra = {"progress": True} if args.method in ("tv", "ddnm", "sr3") else {}
+        if args.method == "idm":
+            extra = {"precision": args.precision, "attention_window": args.attention_window}
         cache[key] = methods.make_method(
             args.method,
             checkpoint=checkpoint,
