@@ -26,6 +26,8 @@ SUITES = {
     "(results/sense_cutoff.md)",
     "ct_inner_cg": "CG iterations of IDM's inner solves on CT, on validation images "
     "(results/ct_inner_cg.md)",
+    "inference_options": "IDM's bf16 backbone and windowed attention: PSNR and time on "
+    "validation images (results/inference_options.md)",
     "memory": "training-step memory of the IDM modes over T (results/memory.md)",
     "training_cost": "cost of one training step per choice: patch, batch, T, width, bf16, "
     "channels-last, torch.compile (results/training_cost.md)",

@@ -286,3 +286,20 @@ def test_ct_inner_cg_table_lists_every_cap_per_setting() -> None:
     table = ct_inner_cg.to_markdown(result, "python -m benchmarks ct_inner_cg")
     assert "| 30 views | none | 30.00 |" in table and "| 30 views | 10 | 29.50 |" in table
     assert "operator's 200" in table
+
+
+def test_inference_options_table_gives_each_option_against_fp32_global() -> None:
+    from benchmarks import inference_options
+
+    labels = [inference_options._label(p, w) for p, w in inference_options.OPTIONS]
+    rows = {label: {"psnr": 20.0 + i, "seconds": 2.0 - 0.5 * i} for i, label in enumerate(labels)}
+    result = {
+        "suites": {"cs": {"ratio 0.1": rows}},
+        "models": {"cs": {"model": "idm_cs", "window": 96}},
+        "size": 256,
+        "max_slices": 4,
+        "machine": "m",
+    }
+    table = inference_options.to_markdown(result, "python -m benchmarks inference_options")
+    assert "| cs (idm_cs, 96 px) | ratio 0.1 | 20.00, 2.00 s | 21.00 (+1.00), 1.50 s |" in table
+    assert "23.00 (+3.00), 0.50 s |" in table
