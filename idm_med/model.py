@@ -40,6 +40,7 @@ precision, so the output still satisfies ``A x̂ = y``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -251,8 +252,14 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         # recomputation rebuilds the graph to alpha_raw.
         abar = self.alphas_cumprod()
         injectors = self.injectors[index] if self.injectors is not None else None
-        bf16 = self.backbone_precision == "bf16"
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        # "fp32" leaves the caller's autocast state alone: training under bf16 autocast
+        # (accelerate's mixed_precision) must keep autocasting the backbone.
+        precision = (
+            torch.autocast(x.device.type, dtype=torch.bfloat16)
+            if self.backbone_precision == "bf16"
+            else contextlib.nullcontext()
+        )
+        with precision:
             eps = self.backbone(self._pad(x), injectors, ctx, level2_mode)
         eps = self._unpad(eps, x).to(x.dtype)
         x0 = (x - torch.sqrt(1 - abar[t]) * eps) / torch.sqrt(abar[t])

@@ -151,3 +151,19 @@ def test_idm_method_takes_the_training_patch_as_window(tmp_path):
     (tmp_path / "training.json").write_text(json.dumps({}))
     with pytest.raises(ValueError, match="image_size"):
         IDMMethod(tmp_path, attention_window="training")
+
+
+def test_fp32_backbone_keeps_the_callers_autocast():
+    """Training under bf16 autocast (mixed_precision="bf16") with a matrix operator gives a
+    bf16 ``y``; the default "fp32" backbone must not switch the caller's autocast off, or
+    its convolutions meet bf16 inputs with fp32 weights."""
+    op = make_operator("gaussian_cs", image_size=32, ratio=0.25, block_size=8)
+    model = _model(op).train()
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = op.A(x)
+        assert y.dtype == torch.bfloat16
+        loss = (model(y, op) - x).abs().mean()
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
