@@ -146,15 +146,15 @@ def _measure(suite, setting, op, method, params, sources) -> tuple[dict, dict]:
 def measure_test_images(
     suite: Suite, setting: Setting, op: Operator, test: dict[str, list[np.ndarray]]
 ) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """``{source: [(x, y)]}``: the test images ``test`` encoded (MRI phase seeded by the
-    slice's index in its source) and measured in ``setting``. The noise is seeded by a
-    running index over all test images, so no two of them share a noise draw (the
-    validation draws, :func:`benchmarks.tune.validation_cases`, start at 1000)."""
+    """``{source: [(x, y)]}``: the test images ``test`` encoded and measured in
+    ``setting``. The MRI phase and the noise are seeded by a running index over all test
+    images, so no two of them share a phase field or a noise draw (the validation draws,
+    :func:`benchmarks.tune.validation_cases`, start at 1000)."""
     cases, index = {}, 0
     for src, imgs in test.items():
         cases[src] = []
-        for i, im in enumerate(imgs):
-            x = suite.encode(im, i)
+        for im in imgs:
+            x = suite.encode(im, index)
             cases[src].append((x, setting.measure(op, x, index)))
             index += 1
     return cases

@@ -254,8 +254,8 @@ def test_sense_cutoff_picks_the_best_validation_cutoff(tmp_path) -> None:
 
 
 def test_every_noisy_test_image_gets_its_own_noise_draw() -> None:
-    """The first slices of two test sources (same slice index) are measured with
-    different noise, and the cases are reproducible."""
+    """The first slices of two test sources (same slice index) get different noise and
+    a different MRI phase, and the cases are reproducible."""
     from benchmarks import mri
     from benchmarks.suite import measure_test_images
 
@@ -268,6 +268,7 @@ def test_every_noisy_test_image_gets_its_own_noise_draw() -> None:
     assert len(noise) == 3
     assert not torch.equal(noise[0], noise[2])  # slice 0 of a vs slice 0 of b
     assert not torch.equal(noise[0], noise[1])
+    assert not torch.equal(cases["a"][0][0], cases["b"][0][0])  # same image, own phase
     again = measure_test_images(mri.SUITE, setting, op, test)
     assert torch.equal(again["b"][0][1], cases["b"][0][1])
 
