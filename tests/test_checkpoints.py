@@ -20,10 +20,10 @@ from idm_med.model_io import convert_legacy_checkpoint, is_idm_checkpoint, is_le
 from idm_med.pretrained import PRETRAINED_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
+# The shipped checkpoints still in the legacy layout (idm_cs and idm_mri were retrained
+# and saved in the diffusers layout).
 SHIPPED = [
     PRETRAINED_DIR / "mri_4x",
-    PRETRAINED_DIR / "idm_cs",
-    PRETRAINED_DIR / "idm_mri",
     PRETRAINED_DIR / "idm_superres",
     ROOT / "benchmarks" / "ablation_models" / "idm_cs_scratch",
 ]

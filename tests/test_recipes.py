@@ -20,38 +20,37 @@ from idm_med.training import training_record
 PRETRAINED = Path(__file__).resolve().parents[1] / "idm_med" / "pretrained"
 
 
-@pytest.mark.parametrize(("name", "modality"), [("idm_cs", "cs"), ("idm_superres", "superres")])
-def test_recipe_reproduces_the_shipped_models_settings(name, modality):
-    saved = json.loads((PRETRAINED / name / "training.json").read_text())
-    config = recipe(modality, iterations=saved["loop"]["iterations"])
-    assert training_record(config) == {k: v for k, v in saved.items() if k != "loop"}
-    assert asdict(config.loop) == saved["loop"]
+def _stage2(name: str, seed: int, init: str | None = None, **extra) -> dict:
+    """A later stage: ``train_idm.py --init`` the previous one, lr 1e-4, 1000 iterations."""
+    init = init or f"idm_med/pretrained/{name}"
+    return dict(iterations=1000, learning_rate=1e-4, seed=seed, init=init, **extra)
 
 
-@pytest.mark.parametrize(
-    ("record", "options"),
-    [
-        ("training_stage1.json", {"iterations": 800}),
-        (
-            "training_stage2.json",
-            dict(
-                iterations=1000,
-                learning_rate=1e-4,
-                seed=1,
-                init="idm_med/pretrained/idm_inpainting",
-            ),
-        ),
-        (
-            "training.json",
-            dict(iterations=1000, learning_rate=1e-4, seed=2, init="runs/idm_inpainting_more"),
-        ),
-    ],
-)
-def test_recipe_reproduces_each_stage_of_the_inpainting_model(record, options):
-    """idm_inpainting was trained in three stages (``train_idm.py``, then twice
-    ``--init`` the previous stage with ``--seed``): each record is its recipe."""
-    saved = json.loads((PRETRAINED / "idm_inpainting" / record).read_text())
-    config = recipe("inpainting", **options)
+#: (model, modality, record in its directory, the recipe options that made it). Models
+#: trained in stages keep each earlier stage's record as ``training_stageN.json``.
+SHIPPED_RECORDS = [
+    ("idm_superres", "superres", "training.json", {"iterations": 1200}),
+    ("idm_cs", "cs", "training_stage1.json", {"iterations": 600}),
+    ("idm_cs", "cs", "training.json", _stage2("idm_cs", 1, mixed_precision="bf16")),
+    ("idm_mri", "mri", "training_stage1.json", {"iterations": 600}),
+    ("idm_mri", "mri", "training.json", _stage2("idm_mri", 1, mixed_precision="bf16")),
+    ("idm_inpainting", "inpainting", "training_stage1.json", {"iterations": 800}),
+    ("idm_inpainting", "inpainting", "training_stage2.json", _stage2("idm_inpainting", 1)),
+    (
+        "idm_inpainting",
+        "inpainting",
+        "training.json",
+        _stage2("idm_inpainting", 2, init="runs/idm_inpainting_more"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "modality", "record", "options"), SHIPPED_RECORDS)
+def test_recipe_reproduces_each_shipped_training_record(name, modality, record, options):
+    """Each shipped model's training record is what ``recipe`` builds from the options of
+    the command that trained it (scripts/train_idm.py), stage by stage."""
+    saved = json.loads((PRETRAINED / name / record).read_text())
+    config = recipe(modality, **options)
     assert training_record(config) == {k: v for k, v in saved.items() if k != "loop"}
     assert asdict(config.loop) == saved["loop"]
 
