@@ -1,8 +1,10 @@
 """The diffusion family on held-out natural images: ``python -m benchmarks diffusion``.
 
 A†y, DDNM (100 DDIM steps, η = 0.85) on the shipped prior (``prior_gray``), IDM (T = 3)
-fine-tuned from that prior (``idm_cs``: one model for CS ratios 0.1 / 0.3 / 0.5) and the
-same IDM recipe trained from scratch for the same iterations (``ablation_models/``), on
+fine-tuned from that prior (``idm_cs``: one model for CS ratios 0.1 / 0.3 / 0.5; 600
+iterations, then 1,000 more), its first stage alone (600 iterations, ``ablation_models/
+idm_cs_stage1``) and the same recipe trained from scratch for those 600 iterations
+(``ablation_models/idm_cs_scratch``), on
 block Gaussian CS, 90 % inpainting and ×4 super-resolution of the corpus' test images
 (cameraman, barbara, monarch). The same UNet architecture serves DDNM and IDM, so the
 seconds-per-slice column gives the speed-up of 3 unrolled steps over 100 sampling steps.
@@ -44,7 +46,7 @@ SUITE = Suite(
         Setting("inpainting 90% random", _inpaint, 0.1, "inpainting"),
         Setting("superres x4", _superres, 1 / 16, "average pooling"),
     ),
-    methods=("pinv", "ddnm", "idm", "idm_scratch"),
+    methods=("pinv", "ddnm", "idm", "idm_stage1", "idm_scratch"),
     encode=natural.encode,
     decode=natural.decode,
     score=natural.score,

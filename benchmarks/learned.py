@@ -96,6 +96,14 @@ def _run_idm_scratch(y: torch.Tensor, operator: Operator) -> torch.Tensor:
     )
 
 
+def _run_idm_stage1(y: torch.Tensor, operator: Operator) -> torch.Tensor:
+    """The shipped model's first stage (600 iterations from the prior, kept for the
+    comparison with the from-scratch model at equal iterations)."""
+    return _cached_idm(str(ABLATION_MODELS / f"{IDM_BY_OPERATOR[operator.name]}_stage1"))(
+        y, operator
+    )
+
+
 @cache
 def _cached_idm(path: str):
     return _idm_at(Path(path))
@@ -130,13 +138,22 @@ def register_diffusion() -> None:
             label="IDM (T=3, from prior)",
         ),
         baselines.MethodSpec(
+            "idm_stage1",
+            _run_idm_stage1,
+            applies=lambda op: (
+                op.name in IDM_BY_OPERATOR
+                and (ABLATION_MODELS / f"{IDM_BY_OPERATOR[op.name]}_stage1").is_dir()
+            ),
+            label="IDM (T=3, from prior, 600 it.)",
+        ),
+        baselines.MethodSpec(
             "idm_scratch",
             _run_idm_scratch,
             applies=lambda op: (
                 op.name in IDM_BY_OPERATOR
                 and (ABLATION_MODELS / f"{IDM_BY_OPERATOR[op.name]}_scratch").is_dir()
             ),
-            label="IDM (T=3, from scratch)",
+            label="IDM (T=3, from scratch, 600 it.)",
         ),
     ]
     for spec in specs:

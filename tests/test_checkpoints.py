@@ -20,12 +20,13 @@ from idm_med.model_io import convert_legacy_checkpoint, is_idm_checkpoint, is_le
 from idm_med.pretrained import PRETRAINED_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-# The shipped checkpoints still in the legacy layout (idm_cs and idm_mri were retrained
-# and saved in the diffusers layout).
+# The committed checkpoints still in the legacy layout (idm_cs and idm_mri were retrained
+# and saved in the diffusers layout; idm_cs's first stage is kept as an ablation model).
 SHIPPED = [
     PRETRAINED_DIR / "mri_4x",
     PRETRAINED_DIR / "idm_superres",
     ROOT / "benchmarks" / "ablation_models" / "idm_cs_scratch",
+    ROOT / "benchmarks" / "ablation_models" / "idm_cs_stage1",
 ]
 
 # mri_4x on x = rand(1, 2, 96, 96) (generator seed 0), y = A x with its stored operator,
