@@ -90,17 +90,19 @@ def _run_idm_family(y: torch.Tensor, operator: Operator) -> torch.Tensor:
     return _cached_idm(str(pretrained_path(IDM_BY_OPERATOR[operator.name])))(y, operator)
 
 
-def _run_idm_scratch(y: torch.Tensor, operator: Operator) -> torch.Tensor:
-    return _cached_idm(str(ABLATION_MODELS / f"{IDM_BY_OPERATOR[operator.name]}_scratch"))(
-        y, operator
-    )
+def _ablation_idm(suffix: str, label: str) -> baselines.MethodSpec:
+    """IDM with the ablation model ``ablation_models/<shipped model>_<suffix>`` of the
+    operator (``scratch``: the recipe from random weights; ``stage1``: the shipped model's
+    first stage), for operators that have one."""
 
+    def path(operator: Operator) -> Path:
+        return ABLATION_MODELS / f"{IDM_BY_OPERATOR[operator.name]}_{suffix}"
 
-def _run_idm_stage1(y: torch.Tensor, operator: Operator) -> torch.Tensor:
-    """The shipped model's first stage (600 iterations from the prior, kept for the
-    comparison with the from-scratch model at equal iterations)."""
-    return _cached_idm(str(ABLATION_MODELS / f"{IDM_BY_OPERATOR[operator.name]}_stage1"))(
-        y, operator
+    return baselines.MethodSpec(
+        f"idm_{suffix}",
+        lambda y, operator: _cached_idm(str(path(operator)))(y, operator),
+        applies=lambda op: op.name in IDM_BY_OPERATOR and path(op).is_dir(),
+        label=label,
     )
 
 
@@ -137,24 +139,9 @@ def register_diffusion() -> None:
             applies=lambda op: op.name in IDM_BY_OPERATOR and _shipped(IDM_BY_OPERATOR[op.name]),
             label="IDM (T=3, from prior)",
         ),
-        baselines.MethodSpec(
-            "idm_stage1",
-            _run_idm_stage1,
-            applies=lambda op: (
-                op.name in IDM_BY_OPERATOR
-                and (ABLATION_MODELS / f"{IDM_BY_OPERATOR[op.name]}_stage1").is_dir()
-            ),
-            label="IDM (T=3, from prior, 600 it.)",
-        ),
-        baselines.MethodSpec(
-            "idm_scratch",
-            _run_idm_scratch,
-            applies=lambda op: (
-                op.name in IDM_BY_OPERATOR
-                and (ABLATION_MODELS / f"{IDM_BY_OPERATOR[op.name]}_scratch").is_dir()
-            ),
-            label="IDM (T=3, from scratch, 600 it.)",
-        ),
+        # Both at 600 iterations: the prior against random weights at equal cost.
+        _ablation_idm("stage1", "IDM (T=3, from prior, 600 it.)"),
+        _ablation_idm("scratch", "IDM (T=3, from scratch, 600 it.)"),
     ]
     for spec in specs:
         if spec.name not in baselines.METHODS:
