@@ -90,10 +90,11 @@ def test_quality_suite_tiny(tmp_path) -> None:
     write_results(cs.SUITE, payload, tmp_path, "test")
     rows = {r["method"]: r for r in json.loads((tmp_path / "cs.json").read_text())["rows"]}
     # the learned methods run on the shipped prior / model beside the classical ones
-    assert set(rows) == {"pinv", "tv", "wavelet", "ddnm", "idm", "idm_scratch"}
+    assert set(rows) == {"pinv", "tv", "wavelet", "ddnm", "idm", "idm_stage1", "idm_scratch"}
     assert rows["ddnm"]["params"] == {"steps": 5}
     assert rows["idm"]["psnr"] > rows["pinv"]["psnr"] + 3
     assert rows["idm_scratch"]["psnr"] != rows["idm"]["psnr"]  # another model
+    assert rows["idm_stage1"]["psnr"] not in (rows["idm"]["psnr"], rows["idm_scratch"]["psnr"])
     assert rows["tv"]["params"] == {"lam": 3e-3, "n_iter": 100} and rows["tv"]["tuned"]
     assert not rows["wavelet"]["tuned"]  # no tuning record: defaults, flagged
     assert rows["tv"]["psnr"] > rows["pinv"]["psnr"] + 3
