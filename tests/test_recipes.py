@@ -20,10 +20,10 @@ from idm_med.training import training_record
 PRETRAINED = Path(__file__).resolve().parents[1] / "idm_med" / "pretrained"
 
 
-def _stage2(name: str, seed: int, init: str | None = None, **extra) -> dict:
-    """A later stage: ``train_idm.py --init`` the previous one, lr 1e-4, 1000 iterations."""
+def _stage2(name: str, seed: int, init: str | None = None, iterations: int = 1000, **extra) -> dict:
+    """A later stage: ``train_idm.py --init`` the previous one, lr 1e-4."""
     init = init or f"idm_med/pretrained/{name}"
-    return dict(iterations=1000, learning_rate=1e-4, seed=seed, init=init, **extra)
+    return dict(iterations=iterations, learning_rate=1e-4, seed=seed, init=init, **extra)
 
 
 #: (model, modality, record in its directory, the recipe options that made it). Models
@@ -31,9 +31,21 @@ def _stage2(name: str, seed: int, init: str | None = None, **extra) -> dict:
 SHIPPED_RECORDS = [
     ("idm_superres", "superres", "training.json", {"iterations": 1200}),
     ("idm_cs", "cs", "training_stage1.json", {"iterations": 600}),
-    ("idm_cs", "cs", "training.json", _stage2("idm_cs", 1, mixed_precision="bf16")),
+    ("idm_cs", "cs", "training_stage2.json", _stage2("idm_cs", 1, mixed_precision="bf16")),
+    (
+        "idm_cs",
+        "cs",
+        "training.json",
+        _stage2("idm_cs", 2, iterations=1500, mixed_precision="bf16"),
+    ),
     ("idm_mri", "mri", "training_stage1.json", {"iterations": 600}),
-    ("idm_mri", "mri", "training.json", _stage2("idm_mri", 1, mixed_precision="bf16")),
+    ("idm_mri", "mri", "training_stage2.json", _stage2("idm_mri", 1, mixed_precision="bf16")),
+    (
+        "idm_mri",
+        "mri",
+        "training.json",
+        _stage2("idm_mri", 2, iterations=1500, mixed_precision="bf16"),
+    ),
     ("idm_inpainting", "inpainting", "training_stage1.json", {"iterations": 800}),
     ("idm_inpainting", "inpainting", "training_stage2.json", _stage2("idm_inpainting", 1)),
     (
