@@ -253,11 +253,18 @@ def check_fit(
             "not a reconstruction to trust",
             info.path,
         )
-    acc = recorded.get("acceleration")
-    if acc is not None and operator_config.get("acceleration") not in (None, acc):
-        logger.warning(
-            "%s: trained at %gx acceleration, the data are %gx",
-            info.path,
-            acc,
-            operator_config["acceleration"],
+    # A model trained on a range of settings records them in training.json (a list drawn
+    # per batch); its config.json holds one example operator of that range.
+    trained = (info.training.get("operator") or {}).get(
+        "acceleration", recorded.get("acceleration")
+    )
+    data_acc = operator_config.get("acceleration")
+    if trained is not None and data_acc is not None:
+        low, high = (
+            (min(trained), max(trained)) if isinstance(trained, list) else (trained, trained)
         )
+        if not low <= data_acc <= high:
+            span = f"{low:g}x" if low == high else f"{low:g}x-{high:g}x"
+            logger.warning(
+                "%s: trained at %s acceleration, the data are %gx", info.path, span, data_acc
+            )

@@ -114,3 +114,22 @@ def test_load_idm_names_the_weights_that_do_not_fit(tmp_path):
     message = str(err.value)
     assert str(tmp_path / "ckpt") in message and "\n" not in message
     assert "does not match diffusion_pytorch_model.safetensors" in message
+
+
+@pytest.mark.parametrize(
+    ("trained", "data", "warns"),
+    [([4, 8], 8, False), ([4, 8], 6, False), ([4, 8], 12, True), (4, 4, False), (4, 8, True)],
+)
+def test_acceleration_warning_reads_the_trained_range(tmp_path, caplog, trained, data, warns):
+    """A model trained on a range of accelerations (training.json) is not warned about
+    inside the range, although its config.json stores one example operator (4×)."""
+    info = checkpoints.ModelInfo(
+        name="m",
+        path=tmp_path,
+        source="path",
+        config={"operator": {"name": "mri", "acceleration": 4}, "image_channels": 2},
+        training={"operator": {"name": "mri", "acceleration": trained}},
+    )
+    with caplog.at_level("WARNING"):
+        checkpoints.check_fit(info, {"name": "mri", "acceleration": data}, image_channels=2)
+    assert ("acceleration, the data are" in caplog.text) is warns
