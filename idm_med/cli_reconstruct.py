@@ -35,17 +35,20 @@ def resolve_device(name: str) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .checkpoints import CheckpointError, default_checkpoint
     from .datasets.samples import sample_path
     from .figures import save_comparison_png
-    from .pretrained import list_pretrained, pretrained_path
     from .reconstruction import make_method, reconstruct_fastmri
 
     torch.manual_seed(args.seed)
     out_dir = Path(args.output)
     methods = {"TV-RND": make_method("tv")}
     checkpoint = args.checkpoint
-    if checkpoint is None and "mri_4x" in list_pretrained():
-        checkpoint = pretrained_path("mri_4x")
+    if checkpoint is None:
+        try:
+            checkpoint = default_checkpoint("mri")
+        except CheckpointError:
+            checkpoint = None  # a source tree without shipped models: the baseline only
     if checkpoint is not None:
         logger.info("IDM checkpoint: %s", checkpoint)
         methods["IDM"] = make_method("idm", checkpoint=checkpoint)
@@ -208,8 +211,8 @@ def add_reconstruction_commands(add: Callable[..., argparse.ArgumentParser]) -> 
     demo.add_argument("--slice", type=int, default=1, help="slice of the sample volume")
     demo.add_argument(
         "--checkpoint",
-        help="IDM checkpoint directory or model name (default: the shipped mri_4x model, "
-        "if present)",
+        help="IDM checkpoint directory or model name (default: the shipped default MRI "
+        "model, idm_mri, if present)",
     )
     demo.add_argument("--seed", type=int, default=0, help="torch seed")
     demo.add_argument(
