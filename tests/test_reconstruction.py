@@ -194,6 +194,7 @@ def test_demo_writes_png_and_metrics(tmp_path, capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "zero-filled: PSNR" in out and "TV-RND: PSNR" in out
+    assert "IDM: PSNR" in out  # the shipped default MRI model runs without --checkpoint
     assert (tmp_path / "demo_mri.png").stat().st_size > 10_000
     assert (tmp_path / "TV-RND" / "fastmri_singlecoil_brain.h5").is_file()
 
