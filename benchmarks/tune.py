@@ -81,6 +81,28 @@ def tune_suite(
     return out
 
 
+def record_run(
+    payload: dict, suite: str, result: dict, run: dict, some_settings: bool, some_methods: bool
+) -> None:
+    """Store one tuning run of ``suite`` in ``payload`` (the contents of tuning.json).
+
+    A run over ``some_methods`` updates a setting's records method by method, keeping the
+    others'; a run over every method replaces the records of each setting it tuned, so a
+    method that no longer applies to a setting leaves it. A run over some settings or
+    methods appends its command to the suite's earlier ones, so ``runs[suite]["command"]``
+    regenerates every record of the suite."""
+    stored = payload.setdefault("suites", {}).setdefault(suite, {})
+    for setting, records in result.items():
+        if some_methods:
+            stored.setdefault(setting, {}).update(records)
+        else:
+            stored[setting] = records
+    runs = payload.setdefault("runs", {})
+    if (some_settings or some_methods) and suite in runs:
+        run = {**run, "command": f"{runs[suite]['command']} && {run['command']}"}
+    runs[suite] = run
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(
         "python -m benchmarks tune",
@@ -105,19 +127,14 @@ def main(argv: list[str] | None = None) -> None:
         # Re-read and write after every suite: a long run keeps what it finished, and
         # concurrent runs on different suites do not drop each other's records.
         payload = json.loads(path.read_text()) if path.is_file() else {"suites": {}}
-        stored = payload["suites"].setdefault(name, {})
-        for setting, records in result.items():  # other methods' records are kept
-            stored.setdefault(setting, {}).update(records)
-        payload["runs"] = {
-            **payload.get("runs", {}),
-            name: {
-                "command": shlex.join(["python", "-m", "benchmarks", "tune", *(argv or [])]),
-                "machine": describe_machine(),
-                "image_size": size,
-                "max_validation_slices": slices,
-                "wall_seconds": time.perf_counter() - t0,
-            },
+        run = {
+            "command": shlex.join(["python", "-m", "benchmarks", "tune", *(argv or [])]),
+            "machine": describe_machine(),
+            "image_size": size,
+            "max_validation_slices": slices,
+            "wall_seconds": time.perf_counter() - t0,
         }
+        record_run(payload, name, result, run, bool(args.settings), bool(args.methods))
         args.output_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(payload, indent=1))

@@ -147,6 +147,16 @@ def test_ct_sinogram_is_skimage_radon_so_sart_is_skimage_sart() -> None:
     assert err(more) < err(torch.from_numpy(ours)) and err(more) < 0.2
 
 
+def test_sart_refuses_fan_beam_and_is_not_offered_for_it() -> None:
+    """skimage's SART models parallel beams: on fan-beam sinograms it returned a wrong
+    image silently (25 dB where FBP gives 37 dB on the CT validation section)."""
+    fan = make_operator("ct", image_size=32, n_views=24, geometry="fan")
+    assert "sart" not in baselines.applicable(fan) and "fbp" in baselines.applicable(fan)
+    assert "sart" in baselines.applicable(make_operator("ct", image_size=32, n_views=24))
+    with pytest.raises(ValueError, match="parallel-beam"):
+        sart(fan.A(_blobs(32).double()), fan)
+
+
 def test_cfl_round_trip(tmp_path) -> None:
     a = (np.arange(24) + 1j * np.arange(24)[::-1]).reshape(2, 3, 4).astype(np.complex64)
     bart.write_cfl(tmp_path / "a", a)

@@ -165,6 +165,23 @@ def test_merge_adds_methods_to_existing_results(tmp_path) -> None:
     assert list(merged["_shown"]["ratio 0.3"]) == ["reference", "A†y", "TV (Chambolle–Pock)"]
 
 
+def test_tuning_records_drop_methods_that_left_and_keep_every_command() -> None:
+    """A full retune of a setting replaces its records (SART no longer applies to fan
+    beam and must not stay behind); a --methods run keeps the other methods'; the
+    suite's command lists every partial run after the last full one."""
+    from benchmarks.tune import record_run
+
+    payload: dict = {}
+    record_run(payload, "ct", {"fan": {"sart": 1, "tv": 2}}, {"command": "tune"}, False, False)
+    record_run(payload, "ct", {"fan": {"tv": 3}}, {"command": "tune -s fan"}, True, False)
+    assert payload["suites"]["ct"]["fan"] == {"tv": 3}
+    record_run(payload, "ct", {"fan": {"fbp": 4}}, {"command": "tune -m fbp"}, False, True)
+    assert payload["suites"]["ct"]["fan"] == {"tv": 3, "fbp": 4}
+    assert payload["runs"]["ct"]["command"] == "tune && tune -s fan && tune -m fbp"
+    record_run(payload, "ct", {"fan": {"tv": 5}}, {"command": "tune"}, False, False)
+    assert payload["runs"]["ct"]["command"] == "tune"
+
+
 def test_tune_and_mri_suite_tiny(tmp_path) -> None:
     """Tuning on validation images feeds the MRI suite (complex images, fastMRI scores)."""
     from dataclasses import replace

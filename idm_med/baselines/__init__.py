@@ -28,7 +28,7 @@ import torch
 from ..classical import tv_rnd_reconstruct
 from ..operators import Operator
 from .bart import bart_available, bart_pics
-from .sart import sart
+from .sart import is_parallel_beam_ct, sart
 from .tv import tv_least_squares
 from .wavelet import l1_wavelet
 
@@ -154,7 +154,7 @@ for _spec in (
         sart,
         {"n_iter": 3, "relaxation": 0.15},
         {"n_iter": [5, 10, 20, 40], "relaxation": [0.15, 0.3, 0.6]},
-        applies=_is("ct"),
+        applies=is_parallel_beam_ct,
         label="SART",
     ),
     MethodSpec(

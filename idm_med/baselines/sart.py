@@ -18,6 +18,11 @@ from skimage.transform import iradon_sart
 from ..operators import Operator
 
 
+def is_parallel_beam_ct(operator: Operator) -> bool:
+    """Whether SART applies: skimage's SART models parallel-beam projections only."""
+    return operator.name == "ct" and operator.config.get("geometry", "parallel") == "parallel"
+
+
 def _crop_offset(n: int, d: int) -> int:
     """Row/column of the image's origin inside skimage's ``circle=False`` padded square."""
     if d == n:
@@ -41,6 +46,11 @@ def sart(
     angles = getattr(operator, "angles", None)
     if angles is None:
         raise ValueError("SART needs a CT operator with view angles (operator.angles)")
+    if not is_parallel_beam_ct(operator):
+        raise ValueError(
+            f"SART (skimage) models parallel-beam projections only; this operator's geometry "
+            f"is {operator.config.get('geometry')!r} (use tv or fbp)"
+        )
     if n_iter < 1:
         raise ValueError(f"n_iter must be >= 1, got {n_iter}")
     theta = np.degrees(angles.detach().cpu().double().numpy())
