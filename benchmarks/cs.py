@@ -2,7 +2,8 @@
 
 Ratios 0.1, 0.3 and 0.5 on 32×32 blocks (the IDM paper's natural-image CS task), on the
 corpus's test images (cameraman, barbara, monarch): A†y, tuned TV and l1-wavelet,
-DDNM (100 steps) on the shipped prior and the shipped IDM model (``idm_cs``).
+DDNM (100 steps) on the shipped prior, the supervised U-Net on A†y (trained from scratch
+with ``idm_cs``'s data, loss and iterations) and the shipped IDM model (``idm_cs``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ SUITE = Suite(
     title="Block Gaussian compressed sensing on held-out natural images",
     modality="natural",
     settings=tuple(ratio_setting(r) for r in RATIOS),
-    methods=("pinv", "tv", "wavelet", "ddnm", "idm", "idm_stage1", "idm_scratch"),
+    methods=("pinv", "tv", "wavelet", "ddnm", "idm", "idm_stage1", "idm_scratch", "unet"),
     encode=natural.encode,
     decode=natural.decode,
     score=natural.score,

@@ -111,13 +111,38 @@ def _cached_idm(path: str):
     return _idm_at(Path(path))
 
 
+#: Supervised U-Nets post-processing A†y, by operator name: the "train a reconstruction
+#: network from scratch" baseline, with IDM's data and loss and as many iterations as the
+#: shipped IDM model (``scripts/train_idm.py --architecture postprocessing_unet``).
+POSTPROCESSING_UNET_BY_OPERATOR = {"gaussian_cs": "postprocessing_unet_cs"}
+
+
+def _postprocessing_unet_path(operator: Operator) -> Path | None:
+    name = POSTPROCESSING_UNET_BY_OPERATOR.get(operator.name)
+    path = ABLATION_MODELS / name if name else None
+    return path if path is not None and (path / "config.json").is_file() else None
+
+
+@cache
+def _postprocessing_unet(path: str):
+    from idm_med.postprocessing_unet import PostProcessingUNet
+
+    return PostProcessingUNet.from_pretrained(path).eval()
+
+
+def _run_postprocessing_unet(y: torch.Tensor, operator: Operator) -> torch.Tensor:
+    with torch.no_grad():
+        return _postprocessing_unet(str(_postprocessing_unet_path(operator)))(y, operator)
+
+
 def _prior_shipped() -> bool:
     return _shipped("prior_gray")
 
 
 def register_diffusion() -> None:
     """Register DDNM (shipped prior), SR3 (shipped SR3 models), IDM fine-tuned from the
-    prior, and the from-scratch ablation model (idempotent)."""
+    prior, the ablation models (first stage, from scratch) and the supervised U-Net on A†y
+    where it was trained (idempotent)."""
     specs = [
         baselines.MethodSpec(
             "ddnm",
@@ -142,6 +167,12 @@ def register_diffusion() -> None:
         # Both at 600 iterations: the prior against random weights at equal cost.
         _ablation_idm("stage1", "IDM (T=3, from prior, 600 it.)"),
         _ablation_idm("scratch", "IDM (T=3, from scratch, 600 it.)"),
+        baselines.MethodSpec(
+            "unet",
+            _run_postprocessing_unet,
+            applies=lambda op: _postprocessing_unet_path(op) is not None,
+            label="supervised U-Net on A†y (from scratch)",
+        ),
     ]
     for spec in specs:
         if spec.name not in baselines.METHODS:

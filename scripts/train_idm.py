@@ -9,6 +9,8 @@
     python scripts/train_idm.py inpainting --output runs/more \
         --init idm_med/pretrained/idm_inpainting \
         --seed 1 --learning-rate 1e-4   # train a shipped model further
+    python scripts/train_idm.py cs --output benchmarks/ablation_models/idm_cs_unet \
+        --architecture postprocessing_unet --iterations 4600   # supervised baseline
 
 Interrupted runs continue with ``--resume``. On 2 CPU cores the presets take 15-30 minutes
 each (single thread per run, fp32, plain autograd: the small backbone at 96² needs no
@@ -26,7 +28,7 @@ import logging
 import torch
 
 from idm_med.recipes import PRESETS, recipe
-from idm_med.training import train
+from idm_med.training import ARCHITECTURES, train
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -45,6 +47,13 @@ def main() -> None:
     parser.add_argument("modality", choices=sorted(PRESETS))
     parser.add_argument("--output", required=True)
     parser.add_argument("--from-scratch", action="store_true", help="no prior (ablation)")
+    parser.add_argument(
+        "--architecture",
+        choices=ARCHITECTURES,
+        default="idm",
+        help="postprocessing_unet: the supervised U-Net on A†y baseline of the suites, with "
+        "the same data and loss (trains from scratch)",
+    )
     parser.add_argument(
         "--init",
         help="start from this IDM checkpoint (e.g. a shipped model, to train it further) "
@@ -83,6 +92,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.init and args.from_scratch:
         parser.error("--init and --from-scratch exclude each other")
+    baseline = args.architecture == "postprocessing_unet"
+    if baseline and args.init:
+        parser.error("the post-processing U-Net trains from scratch: --init is for IDM")
     data = {key: float(value) for key, value in map(_option, args.data)}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -93,7 +105,8 @@ def main() -> None:
         image_size=args.image_size,
         learning_rate=args.learning_rate,
         memory_mode=args.memory_mode,
-        from_scratch=args.from_scratch,
+        from_scratch=args.from_scratch or baseline,
+        architecture=args.architecture,
         mixed_precision=args.mixed_precision,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
