@@ -90,13 +90,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(format_metrics(name, result.metrics))
     print(f"wrote {png} and the fastMRI-format reconstructions in {out_dir}/<method>/")
     if not args.mri_only:
-        from .demo_natural import run_natural_demo
+        from .demo_tasks import run_demo_tasks
 
-        for label, pinv_metrics, idm_metrics in run_natural_demo(out_dir):
+        for label, pinv_metrics, idm_metrics in run_demo_tasks(out_dir):
             print(f"{label}:")
             print(format_metrics("A†y", pinv_metrics))
             print(format_metrics("IDM", idm_metrics))
-        print(f"wrote {out_dir}/demo_<operator>.png per natural-image task")
+        print(f"wrote {out_dir}/demo_<operator>.png per task")
     return 0
 
 
@@ -203,8 +203,9 @@ def add_reconstruction_commands(add: Callable[..., argparse.ArgumentParser]) -> 
         "k-space of the MNI152 template), reconstruct one slice, print PSNR/SSIM against the "
         "fully sampled reference and write demo_mri.png (images, error maps on one scale, "
         "the sampling mask) plus a fastMRI-format .h5 per method; then, with the shipped "
-        "models of the natural-image tasks (CS, inpainting, super-resolution), the same for "
-        "a held-out test image (demo_<operator>.png).",
+        "models of the other tasks (CS, inpainting, super-resolution on a held-out natural "
+        "image, 60-view CT on a held-out CT section), the same per task "
+        "(demo_<operator>.png).",
     )
     demo.add_argument("--output", default="demo_output", help="output folder")
     demo.add_argument("--acceleration", type=float, default=4.0, help="undersampling factor")
@@ -215,9 +216,7 @@ def add_reconstruction_commands(add: Callable[..., argparse.ArgumentParser]) -> 
         "model, idm_mri, if present)",
     )
     demo.add_argument("--seed", type=int, default=0, help="torch seed")
-    demo.add_argument(
-        "--mri-only", action="store_true", help="skip the natural-image tasks after the MRI"
-    )
+    demo.add_argument("--mri-only", action="store_true", help="skip the tasks after the MRI")
     demo.set_defaults(func=cmd_demo)
 
     rec = add(

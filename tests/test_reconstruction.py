@@ -199,13 +199,15 @@ def test_demo_writes_png_and_metrics(tmp_path, capsys):
     assert (tmp_path / "TV-RND" / "fastmri_singlecoil_brain.h5").is_file()
 
 
-def test_natural_demo_beats_pinv_with_each_shipped_model(tmp_path):
-    """The demo's natural-image tasks run the shipped model of each task on the held-out
-    cameraman and write one figure per task; the model must beat A†y."""
-    from idm_med.demo_natural import TASKS, run_natural_demo
+def test_demo_tasks_beat_pinv_with_each_shipped_model(tmp_path):
+    """The demo's tasks after the MRI slice run the shipped model of each task on its
+    held-out image (cameraman, the test CT section) and write one figure per task; the
+    model must beat A†y."""
+    from idm_med.demo_tasks import TASKS, run_demo_tasks
     from idm_med.pretrained import list_pretrained
 
-    results = run_natural_demo(tmp_path, size=64)
+    results = run_demo_tasks(tmp_path, size=64, ct_size=64)
+    assert "ct" in {t.operator for t in TASKS}
     shipped = [t for t in TASKS if t.model in list_pretrained()]
     assert [label for label, _, _ in results] == [t.label for t in shipped] and shipped
     for (label, pinv, idm), task in zip(results, shipped, strict=True):
