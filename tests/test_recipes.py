@@ -35,8 +35,14 @@ SHIPPED_RECORDS = [
     (
         "idm_cs",
         "cs",
-        "training.json",
+        "training_stage3.json",
         _stage2("idm_cs", 2, iterations=1500, mixed_precision="bf16"),
+    ),
+    (
+        "idm_cs",
+        "cs",
+        "training.json",
+        _stage2("idm_cs", 3, iterations=1500, mixed_precision="bf16"),
     ),
     ("idm_mri", "mri", "training_stage1.json", {"iterations": 600}),
     ("idm_mri", "mri", "training_stage2.json", _stage2("idm_mri", 1, mixed_precision="bf16")),
@@ -65,6 +71,34 @@ def test_recipe_reproduces_each_shipped_training_record(name, modality, record, 
     config = recipe(modality, **options)
     assert training_record(config) == {k: v for k, v in saved.items() if k != "loop"}
     assert asdict(config.loop) == saved["loop"]
+
+
+def test_recipe_reproduces_the_cs_suite_unet_baseline_record():
+    """The cs suite's supervised U-Net on A†y is the ``cs`` recipe from scratch with the
+    post-processing architecture (``train_idm.py cs --architecture postprocessing_unet
+    --iterations 4600 --mixed-precision bf16``): idm_cs's data and loss, as many
+    iterations as idm_cs's stages together."""
+    from benchmarks.learned import ABLATION_MODELS, POSTPROCESSING_UNET_BY_OPERATOR
+
+    saved = json.loads(
+        (
+            ABLATION_MODELS / POSTPROCESSING_UNET_BY_OPERATOR["gaussian_cs"] / "training.json"
+        ).read_text()
+    )
+    config = recipe(
+        "cs",
+        iterations=4600,
+        from_scratch=True,
+        architecture="postprocessing_unet",
+        mixed_precision="bf16",
+    )
+    assert training_record(config) == {k: v for k, v in saved.items() if k != "loop"}
+    assert asdict(config.loop) == saved["loop"]
+    stages = [
+        json.loads(f.read_text())["loop"]["iterations"]
+        for f in sorted((PRETRAINED / "idm_cs").glob("training*.json"))
+    ]
+    assert saved["loop"]["iterations"] == sum(stages)
 
 
 def test_recipe_overrides_and_errors():
