@@ -90,7 +90,10 @@ def test_quality_suite_tiny(tmp_path) -> None:
     write_results(cs.SUITE, payload, tmp_path, "test")
     rows = {r["method"]: r for r in json.loads((tmp_path / "cs.json").read_text())["rows"]}
     # the learned methods run on the shipped prior / model beside the classical ones
-    assert set(rows) == {"pinv", "tv", "wavelet", "ddnm", "idm", "idm_stage1", "idm_scratch"}
+    learned = {"ddnm", "idm", "idm_stage1", "idm_scratch", "unet"}
+    assert set(rows) == {"pinv", "tv", "wavelet"} | learned
+    # the supervised U-Net post-processes A†y: another image than A†y and than IDM's
+    assert rows["unet"]["psnr"] not in (rows["pinv"]["psnr"], rows["idm"]["psnr"])
     assert rows["ddnm"]["params"] == {"steps": 5}
     assert rows["idm"]["psnr"] > rows["pinv"]["psnr"] + 3
     assert rows["idm_scratch"]["psnr"] != rows["idm"]["psnr"]  # another model
