@@ -9,7 +9,7 @@
     python scripts/train_idm.py inpainting --output runs/more \
         --init idm_med/pretrained/idm_inpainting \
         --seed 1 --learning-rate 1e-4   # train a shipped model further
-    python scripts/train_idm.py cs --output benchmarks/ablation_models/idm_cs_unet \
+    python scripts/train_idm.py cs --output benchmarks/ablation_models/postprocessing_unet_cs \
         --architecture postprocessing_unet --iterations 4600   # supervised baseline
 
 Interrupted runs continue with ``--resume``. On 2 CPU cores the presets take 15-30 minutes
