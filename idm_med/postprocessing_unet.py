@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .backbones import NoiseEstimator, crop_like, pad_to_multiple, small_unet_config
+from .model import full_precision
 from .model_io import StoredOperatorMixin
 
 MEMORY_MODES = ("autograd", "checkpoint")
@@ -69,7 +70,8 @@ class PostProcessingUNet(StoredOperatorMixin, ModelMixin, ConfigMixin):
         """Reconstruct ``x̂`` ``(B, *operator.image_shape)`` from ``y``."""
         operator = self.stored_operator() if operator is None else operator
         operator.check_measurement(y, "y")
-        x_pinv = operator.A_pinv(y)
+        with full_precision(y):  # under mixed precision too (CT's sparse A has no bf16)
+            x_pinv = operator.A_pinv(y)
         padded = pad_to_multiple(x_pinv, self.unet.size_multiple)
         if self.memory_mode == "checkpoint" and torch.is_grad_enabled():
             residual = checkpoint(self.unet, padded, use_reentrant=False)

@@ -31,7 +31,7 @@ from . import train_loop
 from .backbones import sd_layout_config, small_unet_config
 from .datasets import fastmri, images, nifti
 from .datasets.atomic import atomic_write_text
-from .model import IDM
+from .model import IDM, full_precision
 from .model_io import is_idm_checkpoint
 from .operators import Operator, make_operator
 from .patches import PatchSampler, corpus_sampler
@@ -350,7 +350,7 @@ def train(
         param = next(net.parameters())
         x = x.to(device=param.device, dtype=param.dtype)
         op = operators(gen).to(device=x.device, dtype=x.dtype)
-        with torch.no_grad():
+        with torch.no_grad(), full_precision(x):  # CT's sparse A has no bf16 kernels
             y = op.A(x)
         return (net(y, op) - x).abs().mean()
 

@@ -107,6 +107,21 @@ def test_postprocessing_unet_baseline_trains_saves_and_loads(tmp_path):
         _config(architecture="resnet").make_model()
 
 
+@pytest.mark.parametrize("architecture", ["idm", "postprocessing_unet"])
+def test_bf16_training_keeps_the_operator_in_full_precision(tmp_path, architecture):
+    """bf16 autocast on CT: its sparse A has no bf16 kernels, so the measurement and the
+    data-consistency algebra stay in fp32 and only the UNet autocasts."""
+    from dataclasses import replace
+
+    ct = {"name": "ct", "n_views": 6, "pinv": "direct"}
+    config = _config(2, 2, operator=ct, memory_mode="autograd")
+    config = replace(
+        config, architecture=architecture, loop=replace(config.loop, mixed_precision="bf16")
+    )
+    losses = train(config, tmp_path, data=_data(), progress=False).losses
+    assert len(losses) == 2 and np.isfinite(losses).all()
+
+
 def test_resume_continues_exactly_and_refuses_other_settings(tmp_path):
     full = train(_config(), tmp_path / "full", data=_data(), progress=False).losses
     part = tmp_path / "part"
