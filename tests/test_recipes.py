@@ -49,8 +49,14 @@ SHIPPED_RECORDS = [
     (
         "idm_mri",
         "mri",
-        "training.json",
+        "training_stage3.json",
         _stage2("idm_mri", 2, iterations=1500, mixed_precision="bf16"),
+    ),
+    (
+        "idm_mri",
+        "mri",
+        "training.json",
+        _stage2("idm_mri", 3, iterations=1500, mixed_precision="bf16"),
     ),
     ("idm_inpainting", "inpainting", "training_stage1.json", {"iterations": 800}),
     ("idm_inpainting", "inpainting", "training_stage2.json", _stage2("idm_inpainting", 1)),
@@ -73,32 +79,42 @@ def test_recipe_reproduces_each_shipped_training_record(name, modality, record, 
     assert asdict(config.loop) == saved["loop"]
 
 
-def test_recipe_reproduces_the_cs_suite_unet_baseline_record():
-    """The cs suite's supervised U-Net on A†y is the ``cs`` recipe from scratch with the
-    post-processing architecture (``train_idm.py cs --architecture postprocessing_unet
-    --iterations 4600 --mixed-precision bf16``): idm_cs's data and loss, as many
-    iterations as idm_cs's stages together."""
+#: (operator, modality, shipped IDM model, recipe options of the supervised U-Net on A†y
+#: besides ``--architecture postprocessing_unet --mixed-precision bf16``): each U-Net
+#: trains on its IDM model's data and patches for as many iterations as that model's
+#: stages together (``train_idm.py MODALITY --architecture postprocessing_unet ...``).
+UNET_BASELINES = [
+    ("gaussian_cs", "cs", "idm_cs", {"iterations": 4600}),
+    ("mri", "mri", "idm_mri", {"iterations": 4600}),
+    ("superres", "superres", "idm_superres", {"iterations": 1200}),
+]
+
+
+@pytest.mark.parametrize(("operator", "modality", "idm_name", "options"), UNET_BASELINES)
+def test_recipe_reproduces_each_suite_unet_baseline_record(operator, modality, idm_name, options):
+    """Each suite's supervised U-Net on A†y is its modality's recipe from scratch with the
+    post-processing architecture: the IDM model's data and loss, as many iterations as
+    the IDM model's stages together."""
     from benchmarks.learned import ABLATION_MODELS, POSTPROCESSING_UNET_BY_OPERATOR
 
-    saved = json.loads(
-        (
-            ABLATION_MODELS / POSTPROCESSING_UNET_BY_OPERATOR["gaussian_cs"] / "training.json"
-        ).read_text()
-    )
+    directory = ABLATION_MODELS / POSTPROCESSING_UNET_BY_OPERATOR[operator]
+    saved = json.loads((directory / "training.json").read_text())
     config = recipe(
-        "cs",
-        iterations=4600,
+        modality,
         from_scratch=True,
         architecture="postprocessing_unet",
         mixed_precision="bf16",
+        **options,
     )
     assert training_record(config) == {k: v for k, v in saved.items() if k != "loop"}
     assert asdict(config.loop) == saved["loop"]
     stages = [
         json.loads(f.read_text())["loop"]["iterations"]
-        for f in sorted((PRETRAINED / "idm_cs").glob("training*.json"))
+        for f in sorted((PRETRAINED / idm_name).glob("training*.json"))
     ]
     assert saved["loop"]["iterations"] == sum(stages)
+    idm_record = json.loads((PRETRAINED / idm_name / "training.json").read_text())
+    assert (saved["data"], saved["image_size"]) == (idm_record["data"], idm_record["image_size"])
 
 
 def test_recipe_overrides_and_errors():
