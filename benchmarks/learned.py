@@ -114,7 +114,13 @@ def _cached_idm(path: str):
 #: Supervised U-Nets post-processing A†y, by operator name: the "train a reconstruction
 #: network from scratch" baseline, with IDM's data and loss and as many iterations as the
 #: shipped IDM model (``scripts/train_idm.py --architecture postprocessing_unet``).
-POSTPROCESSING_UNET_BY_OPERATOR = {"gaussian_cs": "postprocessing_unet_cs"}
+POSTPROCESSING_UNET_BY_OPERATOR = {
+    "gaussian_cs": "postprocessing_unet_cs",
+    "mri": "postprocessing_unet_mri",
+    "ct": "postprocessing_unet_ct",
+    "superres": "postprocessing_unet_superres",
+    "inpainting": "postprocessing_unet_inpainting",
+}
 
 
 def _postprocessing_unet_path(operator: Operator) -> Path | None:

@@ -108,7 +108,7 @@ SUITE = Suite(
         ),
         *(_setting(a, "random", "multi", noisy=True) for a in (4, 8)),
     ),
-    methods=("pinv", "tv", "wavelet", "bart_tv", "bart_l1", "idm_mri_4x", "idm"),
+    methods=("pinv", "tv", "wavelet", "bart_tv", "bart_l1", "unet", "idm_mri_4x", "idm"),
     encode=encode,
     decode=decode,
     score=metrics.evaluate,
