@@ -87,6 +87,7 @@ UNET_BASELINES = [
     ("gaussian_cs", "cs", "idm_cs", {"iterations": 4600}),
     ("mri", "mri", "idm_mri", {"iterations": 4600}),
     ("superres", "superres", "idm_superres", {"iterations": 1200}),
+    ("inpainting", "inpainting", "idm_inpainting", {"iterations": 2800}),
 ]
 
 
