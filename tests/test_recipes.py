@@ -86,6 +86,16 @@ def test_recipe_reproduces_each_shipped_training_record(name, modality, record, 
 UNET_BASELINES = [
     ("gaussian_cs", "cs", "idm_cs", {"iterations": 4600}),
     ("mri", "mri", "idm_mri", {"iterations": 4600}),
+    (
+        "ct",
+        "ct",
+        "idm_ct",
+        {
+            "iterations": 1200,
+            "image_size": 64,
+            "data": {"ct": 0.5, "mri": 0.25, "natural": 0.25},
+        },
+    ),
     ("superres", "superres", "idm_superres", {"iterations": 1200}),
     ("inpainting", "inpainting", "idm_inpainting", {"iterations": 2800}),
 ]
