@@ -108,11 +108,17 @@ def test_postprocessing_unet_baseline_trains_saves_and_loads(tmp_path):
 
 
 @pytest.mark.parametrize("architecture", ["idm", "postprocessing_unet"])
-def test_bf16_training_keeps_the_operator_in_full_precision(tmp_path, architecture):
+def test_bf16_training_keeps_the_operator_in_full_precision(tmp_path, architecture, request):
     """bf16 autocast on CT: its sparse A has no bf16 kernels, so the measurement and the
     data-consistency algebra stay in fp32 and only the UNet autocasts."""
     from dataclasses import replace
 
+    from accelerate.state import AcceleratorState
+
+    # Accelerate keeps one mixed-precision state per process: earlier fp32 trainings in
+    # this test session would refuse bf16 (and ours must not leak into later tests).
+    AcceleratorState._reset_state()
+    request.addfinalizer(AcceleratorState._reset_state)
     ct = {"name": "ct", "n_views": 6, "pinv": "direct"}
     config = _config(2, 2, operator=ct, memory_mode="autograd")
     config = replace(
