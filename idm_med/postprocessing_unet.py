@@ -70,7 +70,7 @@ class PostProcessingUNet(StoredOperatorMixin, ModelMixin, ConfigMixin):
         """Reconstruct ``x̂`` ``(B, *operator.image_shape)`` from ``y``."""
         operator = self.stored_operator() if operator is None else operator
         operator.check_measurement(y, "y")
-        with full_precision(y):  # under mixed precision too (CT's sparse A has no bf16)
+        with full_precision(y):  # as IDM's data consistency: a dense A† would run in bf16
             x_pinv = operator.A_pinv(y)
         padded = pad_to_multiple(x_pinv, self.unet.size_multiple)
         if self.memory_mode == "checkpoint" and torch.is_grad_enabled():

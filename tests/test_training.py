@@ -128,6 +128,23 @@ def test_bf16_training_keeps_the_operator_in_full_precision(tmp_path, architectu
     assert len(losses) == 2 and np.isfinite(losses).all()
 
 
+def test_postprocessing_unet_forms_a_pinv_in_full_precision_under_bf16_autocast():
+    """Under bf16 autocast only the UNet autocasts: with its residual zeroed the output is
+    the fp32 ``A†y`` itself (block CS's dense A† would otherwise run in bf16, ~1e-3 off)."""
+    from idm_med.operators import make_operator
+
+    torch.manual_seed(0)
+    op = make_operator("gaussian_cs", image_size=16, ratio=0.3, block_size=8)
+    model = PostProcessingUNet(backbone=TINY, image_channels=1)
+    for p in model.unet.parameters():
+        torch.nn.init.zeros_(p)
+    y = op.A(torch.rand(2, 1, 16, 16))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(y, op)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, op.A_pinv(y), rtol=1e-5, atol=1e-6)
+
+
 def test_resume_continues_exactly_and_refuses_other_settings(tmp_path):
     full = train(_config(), tmp_path / "full", data=_data(), progress=False).losses
     part = tmp_path / "part"
