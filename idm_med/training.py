@@ -130,7 +130,7 @@ class TrainingConfig:
             )
         if self.architecture == "postprocessing_unet":
             if self.init:
-                raise ValueError("the post-processing U-Net trains from scratch: set init=None")
+                return _unet_from_checkpoint(self.init, self.image_channels)
             backbone = self.backbone if isinstance(self.backbone, dict) else None
             if backbone is None and self.backbone != "small":
                 raise ValueError("the post-processing U-Net takes backbone 'small' or a dict")
@@ -206,6 +206,29 @@ def _idm_from_checkpoint(directory: str, **kwargs: Any) -> IDM:
     # Neither option changes the weights: both are taken from the request.
     model.final_projection, model.start = kwargs["final_projection"], kwargs["start"]
     model.register_to_config(final_projection=kwargs["final_projection"], start=kwargs["start"])
+    return model
+
+
+def _unet_from_checkpoint(directory: str, image_channels: int) -> PostProcessingUNet:
+    """Continue an earlier post-processing U-Net training (a later stage of the baseline,
+    matching a later stage of the IDM model it is compared with); never a prior or an IDM
+    checkpoint, which would make it another method."""
+    config_path = Path(directory) / "config.json"
+    try:
+        class_name = json.loads(config_path.read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        class_name = None
+    if class_name != "PostProcessingUNet":
+        raise ValueError(
+            f"{directory}: the post-processing U-Net starts from scratch or continues a "
+            "post-processing U-Net checkpoint, not a prior or an IDM model"
+        )
+    model = PostProcessingUNet.from_pretrained(directory).float()
+    if model.image_channels != image_channels:
+        raise ValueError(
+            f"{directory}: checkpoint has image_channels={model.image_channels}, training "
+            f"asks for {image_channels}"
+        )
     return model
 
 

@@ -11,6 +11,9 @@
         --seed 1 --learning-rate 1e-4   # train a shipped model further
     python scripts/train_idm.py cs --output benchmarks/ablation_models/postprocessing_unet_cs \
         --architecture postprocessing_unet --iterations 4600   # supervised baseline
+    python scripts/train_idm.py ct --output runs/unet_ct_more --architecture \
+        postprocessing_unet --init benchmarks/ablation_models/postprocessing_unet_ct \
+        --seed 1 --learning-rate 1e-4   # its next stage, beside the IDM model's
 
 Interrupted runs continue with ``--resume``. On 2 CPU cores the presets take 15-30 minutes
 each (single thread per run, fp32, plain autograd: the small backbone at 96² needs no
@@ -52,12 +55,14 @@ def main() -> None:
         choices=ARCHITECTURES,
         default="idm",
         help="postprocessing_unet: the supervised U-Net on A†y baseline of the suites, with "
-        "the same data and loss (trains from scratch)",
+        "the same data and loss (from scratch, or --init an earlier U-Net to train it "
+        "further)",
     )
     parser.add_argument(
         "--init",
         help="start from this IDM checkpoint (e.g. a shipped model, to train it further) "
-        "instead of the shipped prior",
+        "instead of the shipped prior; with --architecture postprocessing_unet, an earlier "
+        "post-processing U-Net",
     )
     parser.add_argument("--seed", type=int, default=0, help="data order and noise seed")
     parser.add_argument("--iterations", type=int, default=800)
@@ -93,8 +98,6 @@ def main() -> None:
     if args.init and args.from_scratch:
         parser.error("--init and --from-scratch exclude each other")
     baseline = args.architecture == "postprocessing_unet"
-    if baseline and args.init:
-        parser.error("the post-processing U-Net trains from scratch: --init is for IDM")
     data = {key: float(value) for key, value in map(_option, args.data)}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)

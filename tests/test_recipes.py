@@ -79,52 +79,57 @@ def test_recipe_reproduces_each_shipped_training_record(name, modality, record, 
     assert asdict(config.loop) == saved["loop"]
 
 
-#: (operator, modality, shipped IDM model, recipe options of the supervised U-Net on A†y
-#: besides ``--architecture postprocessing_unet --mixed-precision bf16``): each U-Net
-#: trains on its IDM model's data and patches for as many iterations as that model's
-#: stages together (``train_idm.py MODALITY --architecture postprocessing_unet ...``).
+def _stage_records(directory: Path) -> list[dict]:
+    """A model's training records, first stage first (``training_stageN.json``, then the
+    last stage's ``training.json``)."""
+    staged = sorted(
+        directory.glob("training_stage*.json"),
+        key=lambda f: int(f.stem.removeprefix("training_stage")),
+    )
+    return [json.loads(f.read_text()) for f in [*staged, directory / "training.json"]]
+
+
+_CT_DATA = {"image_size": 64, "data": {"ct": 0.5, "mri": 0.25, "natural": 0.25}}
+
+#: (operator, modality, shipped IDM model, recipe options of each stage of the supervised
+#: U-Net on A†y besides ``--architecture postprocessing_unet --mixed-precision bf16``):
+#: each U-Net trains on its IDM model's data and patches for as many iterations as that
+#: model's stages together (``train_idm.py MODALITY --architecture postprocessing_unet
+#: ...``; a later stage ``--init``s the earlier U-Net).
 UNET_BASELINES = [
-    ("gaussian_cs", "cs", "idm_cs", {"iterations": 4600}),
-    ("mri", "mri", "idm_mri", {"iterations": 4600}),
-    (
-        "ct",
-        "ct",
-        "idm_ct",
-        {
-            "iterations": 1200,
-            "image_size": 64,
-            "data": {"ct": 0.5, "mri": 0.25, "natural": 0.25},
-        },
-    ),
-    ("superres", "superres", "idm_superres", {"iterations": 1200}),
-    ("inpainting", "inpainting", "idm_inpainting", {"iterations": 2800}),
+    ("gaussian_cs", "cs", "idm_cs", [{"iterations": 4600}]),
+    ("mri", "mri", "idm_mri", [{"iterations": 4600}]),
+    ("ct", "ct", "idm_ct", [{"iterations": 1200, **_CT_DATA}]),
+    ("superres", "superres", "idm_superres", [{"iterations": 1200}]),
+    ("inpainting", "inpainting", "idm_inpainting", [{"iterations": 2800}]),
 ]
 
 
-@pytest.mark.parametrize(("operator", "modality", "idm_name", "options"), UNET_BASELINES)
-def test_recipe_reproduces_each_suite_unet_baseline_record(operator, modality, idm_name, options):
-    """Each suite's supervised U-Net on A†y is its modality's recipe from scratch with the
-    post-processing architecture: the IDM model's data and loss, as many iterations as
-    the IDM model's stages together."""
+@pytest.mark.parametrize(("operator", "modality", "idm_name", "stages"), UNET_BASELINES)
+def test_recipe_reproduces_each_suite_unet_baseline_record(operator, modality, idm_name, stages):
+    """Each suite's supervised U-Net on A†y is its modality's recipe with the
+    post-processing architecture, from scratch and then stage by stage: the IDM model's
+    data and loss, as many iterations as the IDM model's stages together."""
     from benchmarks.learned import ABLATION_MODELS, POSTPROCESSING_UNET_BY_OPERATOR
 
     directory = ABLATION_MODELS / POSTPROCESSING_UNET_BY_OPERATOR[operator]
-    saved = json.loads((directory / "training.json").read_text())
-    config = recipe(
-        modality,
-        from_scratch=True,
-        architecture="postprocessing_unet",
-        mixed_precision="bf16",
-        **options,
+    saved_stages = _stage_records(directory)
+    assert len(saved_stages) == len(stages)
+    for saved, options in zip(saved_stages, stages, strict=True):
+        config = recipe(
+            modality,
+            from_scratch=True,
+            architecture="postprocessing_unet",
+            mixed_precision="bf16",
+            **options,
+        )
+        assert training_record(config) == {k: v for k, v in saved.items() if k != "loop"}
+        assert asdict(config.loop) == saved["loop"]
+    idm_stages = _stage_records(PRETRAINED / idm_name)
+    assert sum(r["loop"]["iterations"] for r in saved_stages) == sum(
+        r["loop"]["iterations"] for r in idm_stages
     )
-    assert training_record(config) == {k: v for k, v in saved.items() if k != "loop"}
-    assert asdict(config.loop) == saved["loop"]
-    stages = [
-        json.loads(f.read_text())["loop"]["iterations"]
-        for f in sorted((PRETRAINED / idm_name).glob("training*.json"))
-    ]
-    assert saved["loop"]["iterations"] == sum(stages)
-    idm_record = json.loads((PRETRAINED / idm_name / "training.json").read_text())
+    idm_record, saved = idm_stages[-1], saved_stages[-1]
     assert (saved["data"], saved["image_size"]) == (idm_record["data"], idm_record["image_size"])
 
 

@@ -101,8 +101,19 @@ def test_postprocessing_unet_baseline_trains_saves_and_loads(tmp_path):
         # x̂ = A†y + f(A†y): the network's residual is all it adds.
         residual = model.unet(op.A_pinv(y))
     torch.testing.assert_close(out, op.A_pinv(y) + residual)
-    with pytest.raises(ValueError, match="from scratch"):
-        _config(architecture="postprocessing_unet", init="some/prior").make_model()
+    # A later stage continues from the saved U-Net's weights ...
+    later = _config(architecture="postprocessing_unet", init=str(tmp_path)).make_model()
+    torch.testing.assert_close(later.double().state_dict(), model.state_dict())
+    # ... never from an IDM model or a prior, which would make it another method.
+    idm_dir = tmp_path / "idm"
+    train(_config(2, 2), idm_dir, data=_data(), progress=False)
+    for other in (str(idm_dir), "some/prior"):
+        with pytest.raises(ValueError, match="from scratch or continues"):
+            _config(architecture="postprocessing_unet", init=other).make_model()
+    with pytest.raises(ValueError, match="image_channels"):
+        _config(
+            architecture="postprocessing_unet", init=str(tmp_path), image_channels=2
+        ).make_model()
     with pytest.raises(ValueError, match="architecture"):
         _config(architecture="resnet").make_model()
 
