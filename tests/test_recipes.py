@@ -26,6 +26,10 @@ def _stage2(name: str, seed: int, init: str | None = None, iterations: int = 100
     return dict(iterations=iterations, learning_rate=1e-4, seed=seed, init=init, **extra)
 
 
+#: The CT recipe's patches and data mix (``--image-size 64 --data ct=0.5 --data mri=0.25
+#: --data natural=0.25``).
+_CT_DATA = {"image_size": 64, "data": {"ct": 0.5, "mri": 0.25, "natural": 0.25}}
+
 #: (model, modality, record in its directory, the recipe options that made it). Models
 #: trained in stages keep each earlier stage's record as ``training_stageN.json``.
 SHIPPED_RECORDS = [
@@ -58,6 +62,13 @@ SHIPPED_RECORDS = [
         "training.json",
         _stage2("idm_mri", 3, iterations=1500, mixed_precision="bf16"),
     ),
+    ("idm_ct", "ct", "training_stage1.json", {"iterations": 1200, **_CT_DATA}),
+    (
+        "idm_ct",
+        "ct",
+        "training.json",
+        _stage2("idm_ct", 1, iterations=1500, mixed_precision="bf16", **_CT_DATA),
+    ),
     ("idm_inpainting", "inpainting", "training_stage1.json", {"iterations": 800}),
     ("idm_inpainting", "inpainting", "training_stage2.json", _stage2("idm_inpainting", 1)),
     (
@@ -89,8 +100,6 @@ def _stage_records(directory: Path) -> list[dict]:
     return [json.loads(f.read_text()) for f in [*staged, directory / "training.json"]]
 
 
-_CT_DATA = {"image_size": 64, "data": {"ct": 0.5, "mri": 0.25, "natural": 0.25}}
-
 #: (operator, modality, shipped IDM model, recipe options of each stage of the supervised
 #: U-Net on A†y besides ``--architecture postprocessing_unet --mixed-precision bf16``):
 #: each U-Net trains on its IDM model's data and patches for as many iterations as that
@@ -99,7 +108,21 @@ _CT_DATA = {"image_size": 64, "data": {"ct": 0.5, "mri": 0.25, "natural": 0.25}}
 UNET_BASELINES = [
     ("gaussian_cs", "cs", "idm_cs", [{"iterations": 4600}]),
     ("mri", "mri", "idm_mri", [{"iterations": 4600}]),
-    ("ct", "ct", "idm_ct", [{"iterations": 1200, **_CT_DATA}]),
+    (
+        "ct",
+        "ct",
+        "idm_ct",
+        [
+            {"iterations": 1200, **_CT_DATA},
+            _stage2(
+                "idm_ct",
+                1,
+                init="benchmarks/ablation_models/postprocessing_unet_ct",
+                iterations=1500,
+                **_CT_DATA,
+            ),
+        ],
+    ),
     ("superres", "superres", "idm_superres", [{"iterations": 1200}]),
     ("inpainting", "inpainting", "idm_inpainting", [{"iterations": 2800}]),
 ]
