@@ -88,6 +88,18 @@ class ModelInfo:
         return self.training.get("iterations") or loop.get("iterations")
 
     @property
+    def stage_iterations(self) -> list[int]:
+        """Iterations of each training stage, first stage first: a model trained further
+        with ``--init`` keeps each earlier stage's record as ``training_stageN.json``."""
+        staged = sorted(
+            self.path.glob("training_stage*.json"),
+            key=lambda f: int(f.stem.removeprefix("training_stage") or 0),
+        )
+        records = [_read_json(f) for f in staged] + [self.training]
+        counts = [r.get("iterations") or (r.get("loop") or {}).get("iterations") for r in records]
+        return [int(c) for c in counts if c]
+
+    @property
     def multicoil(self) -> bool:
         return config_is_multicoil(self.operator)
 
@@ -116,10 +128,16 @@ class ModelInfo:
             "operator": f"{op.get('name', '?')}{' multi-coil' if self.multicoil else ''}",
             "settings": settings or "-",
             "image size": str(size or "-"),
-            "trained": f"{self.iterations} it" if self.trained else "NO (init)",
+            "trained": _trained_text(self.stage_iterations) if self.trained else "NO (init)",
             "data": str(self.card.get("data") or self.training.get("data") or "-"),
             "validation": scores or "-",
         }
+
+
+def _trained_text(stages: list[int]) -> str:
+    """``"6100 it (5 stages)"``, or ``"1200 it"`` for one stage."""
+    text = f"{sum(stages)} it"
+    return f"{text} ({len(stages)} stages)" if len(stages) > 1 else text
 
 
 def config_is_multicoil(config: dict[str, Any]) -> bool:

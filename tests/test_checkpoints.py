@@ -133,3 +133,22 @@ def test_acceleration_warning_reads_the_trained_range(tmp_path, caplog, trained,
     with caplog.at_level("WARNING"):
         checkpoints.check_fit(info, {"name": "mri", "acceleration": data}, image_channels=2)
     assert ("acceleration, the data are" in caplog.text) is warns
+
+
+def test_models_list_counts_every_training_stage(tmp_path):
+    """A model trained further with ``--init`` keeps each earlier stage's record; the
+    ``idm-med models`` row counts them all, not only the last stage."""
+    for name, iterations in (
+        ("training_stage1.json", 600),
+        ("training_stage2.json", 1000),
+        ("training_stage10.json", 5),  # numeric order, not text order
+        ("training.json", 1500),
+    ):
+        (tmp_path / name).write_text(json.dumps({"loop": {"iterations": iterations}}))
+    info = checkpoints.ModelInfo.read(tmp_path, "path")
+    assert info.stage_iterations == [600, 1000, 5, 1500]
+    assert info.summary()["trained"] == "3105 it (4 stages)"
+    (tmp_path / "training_stage1.json").unlink()
+    (tmp_path / "training_stage2.json").unlink()
+    (tmp_path / "training_stage10.json").unlink()
+    assert checkpoints.ModelInfo.read(tmp_path, "path").summary()["trained"] == "1500 it"
