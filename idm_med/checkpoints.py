@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,27 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+_STAGE_RECORD = re.compile(r"training_stage(\d+)\.json")
+
+
+def record_iterations(record: dict[str, Any]) -> int | None:
+    """Iterations of one training record (``idm-med train``'s, old or new layout)."""
+    return record.get("iterations") or (record.get("loop") or {}).get("iterations")
+
+
+def stage_records(directory: str | Path) -> list[dict[str, Any]]:
+    """A model's training records, first stage first: a model trained further with
+    ``--init`` keeps each earlier stage's record as ``training_stageN.json`` and the last
+    stage's as ``training.json`` (``{}`` where that is missing)."""
+    directory = Path(directory)
+    staged = sorted(
+        (int(m.group(1)), f)
+        for f in directory.glob("training_stage*.json")
+        if (m := _STAGE_RECORD.fullmatch(f.name))
+    )
+    return [_read_json(f) for _, f in staged] + [_read_json(directory / "training.json")]
+
+
 @dataclass
 class ModelInfo:
     """What a checkpoint directory says about itself."""
@@ -82,21 +104,9 @@ class ModelInfo:
         return bool(self.training)
 
     @property
-    def iterations(self) -> int | None:
-        """Training iterations (``training.json`` of ``idm-med train``, old or new layout)."""
-        loop = self.training.get("loop") or {}
-        return self.training.get("iterations") or loop.get("iterations")
-
-    @property
     def stage_iterations(self) -> list[int]:
-        """Iterations of each training stage, first stage first: a model trained further
-        with ``--init`` keeps each earlier stage's record as ``training_stageN.json``."""
-        staged = sorted(
-            self.path.glob("training_stage*.json"),
-            key=lambda f: int(f.stem.removeprefix("training_stage") or 0),
-        )
-        records = [_read_json(f) for f in staged] + [self.training]
-        counts = [r.get("iterations") or (r.get("loop") or {}).get("iterations") for r in records]
+        """Iterations of each training stage, first stage first."""
+        counts = [record_iterations(r) for r in stage_records(self.path)]
         return [int(c) for c in counts if c]
 
     @property

@@ -56,6 +56,16 @@ def is_legacy_layout(directory: Path) -> bool:
     )
 
 
+def saved_class_name(directory: str | os.PathLike) -> str | None:
+    """The diffusers ``_class_name`` a model directory's ``config.json`` records (``IDM``,
+    ``PostProcessingUNet``, ``UNet2DModel``, ...), ``None`` without a readable one."""
+    try:
+        config = json.loads((Path(directory) / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config.get("_class_name") if isinstance(config, dict) else None
+
+
 def is_idm_checkpoint(directory: str | os.PathLike) -> bool:
     """Whether ``directory`` holds an IDM checkpoint (either layout), as opposed to a
     diffusers UNet directory (a prior, an SR3 model) or anything else."""
@@ -64,11 +74,7 @@ def is_idm_checkpoint(directory: str | os.PathLike) -> bool:
         return (directory / CONFIG_NAME).is_file()
     if not any(directory.glob("diffusion_pytorch_model*.safetensors*")):
         return False
-    try:
-        config = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and config.get("_class_name") == "IDM"
+    return saved_class_name(directory) == "IDM"
 
 
 def _is_model_file(name: str) -> bool:

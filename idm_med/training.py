@@ -32,7 +32,7 @@ from .backbones import sd_layout_config, small_unet_config
 from .datasets import fastmri, images, nifti
 from .datasets.atomic import atomic_write_text
 from .model import IDM, full_precision
-from .model_io import is_idm_checkpoint
+from .model_io import is_idm_checkpoint, saved_class_name
 from .operators import Operator, make_operator
 from .patches import PatchSampler, corpus_sampler
 from .postprocessing_unet import PostProcessingUNet
@@ -213,12 +213,7 @@ def _unet_from_checkpoint(directory: str, image_channels: int) -> PostProcessing
     """Continue an earlier post-processing U-Net training (a later stage of the baseline,
     matching a later stage of the IDM model it is compared with); never a prior or an IDM
     checkpoint, which would make it another method."""
-    config_path = Path(directory) / "config.json"
-    try:
-        class_name = json.loads(config_path.read_text(encoding="utf-8")).get("_class_name")
-    except (OSError, ValueError, AttributeError):
-        class_name = None
-    if class_name != "PostProcessingUNet":
+    if saved_class_name(directory) != "PostProcessingUNet":
         raise ValueError(
             f"{directory}: the post-processing U-Net starts from scratch or continues a "
             "post-processing U-Net checkpoint, not a prior or an IDM model"

@@ -142,6 +142,7 @@ def test_models_list_counts_every_training_stage(tmp_path):
         ("training_stage1.json", 600),
         ("training_stage2.json", 1000),
         ("training_stage10.json", 5),  # numeric order, not text order
+        ("training_stage_old.json", 99),  # not a stage record: ignored
         ("training.json", 1500),
     ):
         (tmp_path / name).write_text(json.dumps({"loop": {"iterations": iterations}}))
@@ -151,4 +152,5 @@ def test_models_list_counts_every_training_stage(tmp_path):
     (tmp_path / "training_stage1.json").unlink()
     (tmp_path / "training_stage2.json").unlink()
     (tmp_path / "training_stage10.json").unlink()
+    (tmp_path / "training_stage_old.json").unlink()
     assert checkpoints.ModelInfo.read(tmp_path, "path").summary()["trained"] == "1500 it"

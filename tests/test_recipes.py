@@ -12,6 +12,7 @@ import torch
 
 from benchmarks import validate as validate_mod
 from idm_med import metrics
+from idm_med.checkpoints import stage_records
 from idm_med.model import IDM
 from idm_med.operators import make_operator
 from idm_med.recipes import PRESETS, recipe
@@ -101,16 +102,6 @@ def test_recipe_reproduces_each_shipped_training_record(name, modality, record, 
     assert asdict(config.loop) == saved["loop"]
 
 
-def _stage_records(directory: Path) -> list[dict]:
-    """A model's training records, first stage first (``training_stageN.json``, then the
-    last stage's ``training.json``)."""
-    staged = sorted(
-        directory.glob("training_stage*.json"),
-        key=lambda f: int(f.stem.removeprefix("training_stage")),
-    )
-    return [json.loads(f.read_text()) for f in [*staged, directory / "training.json"]]
-
-
 #: (operator, modality, shipped IDM model, recipe options of each stage of the supervised
 #: U-Net on A†y besides ``--architecture postprocessing_unet --mixed-precision bf16``):
 #: each U-Net trains on its IDM model's data and patches for as many iterations as that
@@ -161,7 +152,7 @@ def test_recipe_reproduces_each_suite_unet_baseline_record(operator, modality, i
     from benchmarks.learned import ABLATION_MODELS, POSTPROCESSING_UNET_BY_OPERATOR
 
     directory = ABLATION_MODELS / POSTPROCESSING_UNET_BY_OPERATOR[operator]
-    saved_stages = _stage_records(directory)
+    saved_stages = stage_records(directory)
     assert len(saved_stages) == len(stages)
     for saved, options in zip(saved_stages, stages, strict=True):
         config = recipe(
@@ -173,7 +164,7 @@ def test_recipe_reproduces_each_suite_unet_baseline_record(operator, modality, i
         )
         assert training_record(config) == {k: v for k, v in saved.items() if k != "loop"}
         assert asdict(config.loop) == saved["loop"]
-    idm_stages = _stage_records(PRETRAINED / idm_name)
+    idm_stages = stage_records(PRETRAINED / idm_name)
     assert sum(r["loop"]["iterations"] for r in saved_stages) == sum(
         r["loop"]["iterations"] for r in idm_stages
     )
