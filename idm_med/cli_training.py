@@ -186,6 +186,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         memory_mode=args.memory_mode,
         final_projection=not args.no_final_projection,
         start=args.start,
+        skull_strip=args.skull_strip,
         batch_size=args.batch_size,
         data=_data_weights(args.corpus or [DEFAULT_DATA[args.operator]]),
         loop=_loop_config(args, 0.0),
@@ -381,6 +382,14 @@ def add_training_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
         choices=["pinv", "noisy"],
         default="pinv",
         help="x_T = sqrt(abar_T) A+y (pinv, default) or that plus sqrt(1-abar_T) noise (ablation)",
+    )
+    tr.add_argument(
+        "--skull-strip",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability that a training head (corpus MRI, or --files) is drawn "
+        "skull-stripped: its brain on a zero background, as many users' scans are (default 0)",
     )
     _loop_args(tr, 1000, 5e-4, 4)
     tr.set_defaults(func=cmd_train)

@@ -2,9 +2,11 @@
 
 Shared by every trainer (priors, SR3, IDM): a patch is drawn from a modality (with given
 probabilities), an image, a scale (zoomed-out patches look like whole slices), a position,
-one of the 8 flips/rotations and an intensity scale; 2-channel patches are complex images
-``m·e^{iφ}`` with a random smooth phase, as (real, imaginary). All randomness comes from
-the generator passed in, so a batch is a function of ``(seed, step)`` only.
+one of the 8 flips/rotations and an intensity scale; MRI heads may be drawn
+skull-stripped (:mod:`idm_med.datasets.skull_strip`), as many users' brains are; 2-channel
+patches are complex images ``m·e^{iφ}`` with a random smooth phase, as (real, imaginary).
+All randomness comes from the generator passed in, so a batch is a function of
+``(seed, step)`` only.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class PatchSampler:
         channels: 1 (magnitude) or 2 (complex as real/imag with a random smooth phase).
         scale_range: ``{modality: (lo, hi)}``: the patch covers ``size / s`` source pixels
             for a scale ``s`` drawn in the range (zoomed out images look like whole slices).
+        skull_strip: ``{modality: probability}`` that an image is drawn skull-stripped
+            (its brain on an exactly zero background); the masks are computed once here.
     """
 
     images: dict[str, list[np.ndarray]]
@@ -48,6 +52,7 @@ class PatchSampler:
     size: int = 64
     channels: int = 1
     scale_range: dict[str, tuple[float, float]] = field(default_factory=dict)
+    skull_strip: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 2):
@@ -61,13 +66,24 @@ class PatchSampler:
             m: [torch.from_numpy(np.asarray(a, np.float32)) for a in self.images[m]]
             for m in self._mods
         }
+        from .datasets.skull_strip import skull_strip  # scikit-image only when used
+
+        self._stripped = {
+            m: [torch.from_numpy(skull_strip(a.numpy())) for a in self._tensors[m]]
+            for m in self._mods
+            if self.skull_strip.get(m, 0) > 0
+        }
 
     def patch(self, generator: torch.Generator) -> torch.Tensor:
         """One patch ``(C, size, size)``."""
         g = generator
         mod = self._mods[int(torch.multinomial(self._p, 1, generator=g))]
         pool = self._tensors[mod]
-        img = pool[int(torch.randint(len(pool), (1,), generator=g))]
+        index = int(torch.randint(len(pool), (1,), generator=g))
+        img = pool[index]
+        # drawn only where stripping is on, so other samplers keep their random stream
+        if mod in self._stripped and float(torch.rand(1, generator=g)) < self.skull_strip[mod]:
+            img = self._stripped[mod][index]
         lo, hi = self.scale_range.get(mod, (0.5, 1.0))
         s = lo + (hi - lo) * float(torch.rand(1, generator=g))
         crop = min(int(round(self.size / s)), *img.shape)
@@ -91,10 +107,13 @@ class PatchSampler:
         return torch.stack([self.patch(generator) for _ in range(batch_size)])
 
 
-def corpus_sampler(size: int, channels: int, modalities: dict[str, float]) -> PatchSampler:
-    """A :class:`PatchSampler` over the corpus' *training* split of ``modalities``."""
+def corpus_sampler(
+    size: int, channels: int, modalities: dict[str, float], skull_strip: float = 0.0
+) -> PatchSampler:
+    """A :class:`PatchSampler` over the corpus' *training* split of ``modalities``, its
+    MRI heads skull-stripped with probability ``skull_strip``."""
     from .datasets import corpus
 
     images = {m: corpus.load(m, "train") for m in modalities}
     scales = {"natural": (0.25, 1.0), "mri": (0.5, 1.0), "ct": (0.25, 1.0)}
-    return PatchSampler(images, modalities, size, channels, scales)
+    return PatchSampler(images, modalities, size, channels, scales, {"mri": skull_strip})

@@ -115,6 +115,8 @@ class TrainingConfig:
     architecture: str = "idm"
     batch_size: int = 4
     data: dict[str, float] = field(default_factory=lambda: {"mri": 1.0})
+    # probability that an MRI head (corpus, or the files trained on) is drawn skull-stripped
+    skull_strip: float = 0.0
     loop: train_loop.LoopConfig = field(
         default_factory=lambda: train_loop.LoopConfig(learning_rate=5e-4, ema_decay=0.0)
     )
@@ -317,7 +319,12 @@ def idm_from_prior(directory: str | Path, image_channels: int = 1, **kwargs: Any
 # -- loop ----------------------------------------------------------------------------------
 #: Options left out of ``training.json`` at these defaults, so that runs (and shipped
 #: models) from before the option existed still resume and compare equal.
-_OMITTED_AT_DEFAULT = {"injectors": True, "start": "pinv", "architecture": "idm"}
+_OMITTED_AT_DEFAULT = {
+    "injectors": True,
+    "start": "pinv",
+    "architecture": "idm",
+    "skull_strip": 0.0,
+}
 
 
 def training_record(config: TrainingConfig) -> dict[str, Any]:
@@ -352,9 +359,12 @@ def train(
                 config.image_size,
                 config.image_channels,
                 {"files": (0.5, 1.0)},
+                {"files": config.skull_strip},
             )
         else:
-            sampler = corpus_sampler(config.image_size, config.image_channels, config.data)
+            sampler = corpus_sampler(
+                config.image_size, config.image_channels, config.data, config.skull_strip
+            )
     torch.manual_seed(config.loop.seed)
     model = config.make_model()
     model.set_memory_mode(config.memory_mode)

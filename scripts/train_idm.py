@@ -94,6 +94,14 @@ def main() -> None:
         help="training data mix over the corpus modalities (natural, mri, ct) instead of "
         "the preset's, e.g. --data ct=0.5 --data mri=0.25 --data natural=0.25",
     )
+    parser.add_argument(
+        "--skull-strip",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability that an MRI training head is drawn skull-stripped (a brain on a "
+        "zero background, as many users' data are); default 0",
+    )
     args = parser.parse_args()
     if args.init and args.from_scratch:
         parser.error("--init and --from-scratch exclude each other")
@@ -114,6 +122,7 @@ def main() -> None:
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
         operator=dict(_option(text) for text in args.operator_option),
+        **({"skull_strip": args.skull_strip} if args.skull_strip else {}),
         **({"data": data} if data else {}),
         **({"init": args.init} if args.init else {}),
     )

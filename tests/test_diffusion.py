@@ -3,6 +3,7 @@ DDNM (idm_med.ddnm), on tiny UNets."""
 
 from __future__ import annotations
 
+import json
 import types
 
 import pytest
@@ -326,6 +327,7 @@ def test_train_from_a_config_file_saves_the_resolved_config(tmp_path):
         "iterations": 2,
         "checkpoint_every": 2,
         "warmup": 1,
+        "skull_strip": 0.5,
         "output": str(tmp_path / "run"),
     }
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
@@ -335,6 +337,8 @@ def test_train_from_a_config_file_saves_the_resolved_config(tmp_path):
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["iterations"] == 3 and saved["image_size"] == 16  # the command line wins
     assert saved["operator"] == "superres" and saved["output"] == str(tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "training.json").read_text())
+    assert record["skull_strip"] == 0.5
     (tmp_path / "bad.yaml").write_text("learning_rat: 0.1\n")
     with pytest.raises(SystemExit) as done:
         main(["train", "--config", str(tmp_path / "bad.yaml"), "--output", str(tmp_path / "x")])
