@@ -55,8 +55,14 @@ SHIPPED_RECORDS = [
     (
         "idm_cs",
         "cs",
-        "training.json",
+        "training_stage4.json",
         _stage2("idm_cs", 3, iterations=1500, mixed_precision="bf16"),
+    ),
+    (
+        "idm_cs",
+        "cs",
+        "training.json",
+        _stage2("idm_cs", 4, iterations=1200, mixed_precision="bf16"),
     ),
     ("idm_mri", "mri", "training_stage1.json", {"iterations": 600}),
     ("idm_mri", "mri", "training_stage2.json", _stage2("idm_mri", 1, mixed_precision="bf16")),
@@ -118,7 +124,20 @@ def test_recipe_reproduces_each_shipped_training_record(name, modality, record, 
 #: model's stages together (``train_idm.py MODALITY --architecture postprocessing_unet
 #: ...``; a later stage ``--init``s the earlier U-Net).
 UNET_BASELINES = [
-    ("gaussian_cs", "cs", "idm_cs", [{"iterations": 4600}]),
+    (
+        "gaussian_cs",
+        "cs",
+        "idm_cs",
+        [
+            {"iterations": 4600},
+            _stage2(
+                "idm_cs",
+                4,
+                init="benchmarks/ablation_models/postprocessing_unet_cs",
+                iterations=1200,
+            ),
+        ],
+    ),
     (
         "mri",
         "mri",
