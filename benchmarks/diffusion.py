@@ -1,9 +1,9 @@
 """The diffusion family on held-out natural images: ``python -m benchmarks diffusion``.
 
 A†y, DDNM (100 DDIM steps, η = 0.85) on the shipped prior (``prior_gray``), IDM (T = 3)
-fine-tuned from that prior (``idm_cs``: one model for CS ratios 0.1 / 0.3 / 0.5; 600
-iterations, then 1,000 and 1,500 more), its first stage alone (600 iterations, ``ablation_models/
-idm_cs_stage1``) and the same recipe trained from scratch for those 600 iterations
+fine-tuned from that prior (``idm_cs``: one model for CS ratios 0.1 / 0.3 / 0.5, trained
+in stages that ``idm-med models`` lists), its first stage alone (600 iterations,
+``ablation_models/idm_cs_stage1``) and the same recipe trained from scratch for those 600 iterations
 (``ablation_models/idm_cs_scratch``), on
 block Gaussian CS, 90 % inpainting and ×4 super-resolution of the corpus' test images
 (cameraman, barbara, monarch). The same UNet architecture serves DDNM and IDM, so the
