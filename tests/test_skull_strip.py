@@ -67,6 +67,8 @@ def test_sampler_draws_mri_heads_skull_stripped_with_the_given_probability():
     assert not any(scalp_visible(1.0))
     half = scalp_visible(0.5)
     assert 0 < sum(half) < len(half)
+    with pytest.raises(ValueError, match="skull_strip"):
+        PatchSampler({"mri": [image]}, {"mri": 1.0}, 128, 1, scales, {"mri": 1.5})
 
 
 def test_skull_strip_is_recorded_only_when_used():
