@@ -16,11 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
-
-
-def _disk(radius: int) -> np.ndarray:
-    r = np.arange(-radius, radius + 1)
-    return (r[:, None] ** 2 + r[None, :] ** 2) <= radius**2
+from skimage.morphology import disk
 
 
 def brain_mask(image: np.ndarray, depth: float = 0.04) -> np.ndarray:
@@ -42,9 +38,9 @@ def brain_mask(image: np.ndarray, depth: float = 0.04) -> np.ndarray:
     smooth = ndimage.gaussian_filter(image, 1.0)
     bright = smooth > threshold_otsu(smooth)
     head = ndimage.binary_fill_holes(bright)
-    inner = ndimage.binary_erosion(head, _disk(max(1, round(depth * max(image.shape)))))
+    inner = ndimage.binary_erosion(head, disk(max(1, round(depth * max(image.shape)))))
     # the skull is dark: the opening cuts what is left of it from the brain
-    tissue = ndimage.binary_opening(inner & bright, _disk(2))
+    tissue = ndimage.binary_opening(inner & bright, disk(2))
     labels, n = ndimage.label(tissue)
     if n == 0:  # nothing that deep (a slice through the scalp): keep the head itself
         return head

@@ -69,10 +69,13 @@ class PatchSampler:
         if any(not 0 <= p <= 1 for p in self.skull_strip.values()):
             raise ValueError(f"skull_strip probabilities must be in [0, 1], got {self.skull_strip}")
         self._stripped: dict[str, list[torch.Tensor]] = {}
-        for m in (m for m in self._mods if self.skull_strip.get(m, 0) > 0):
+        if stripped := [m for m in self._mods if self.skull_strip.get(m, 0) > 0]:
             from .datasets.skull_strip import skull_strip  # scikit-image only when used
 
-            self._stripped[m] = [torch.from_numpy(skull_strip(a.numpy())) for a in self._tensors[m]]
+            for m in stripped:
+                self._stripped[m] = [
+                    torch.from_numpy(skull_strip(a.numpy())) for a in self._tensors[m]
+                ]
 
     def patch(self, generator: torch.Generator) -> torch.Tensor:
         """One patch ``(C, size, size)``."""

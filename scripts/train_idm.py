@@ -122,7 +122,7 @@ def main() -> None:
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
         operator=dict(_option(text) for text in args.operator_option),
-        **({"skull_strip": args.skull_strip} if args.skull_strip else {}),
+        skull_strip=args.skull_strip,
         **({"data": data} if data else {}),
         **({"init": args.init} if args.init else {}),
     )
