@@ -78,16 +78,19 @@ def _run_ddnm(y: torch.Tensor, operator: Operator, steps: int = 100) -> torch.Te
     return ddnm_method(steps=steps)(y, operator)
 
 
-def _idm_at(path: Path):
+def _idm_at(path: Path, noise_sigma: float = 0.0):
     from idm_med.reconstruction import make_method
 
-    return make_method("idm", checkpoint=path)
+    return make_method("idm", checkpoint=path, noise_sigma=noise_sigma)
 
 
-def _run_idm_family(y: torch.Tensor, operator: Operator) -> torch.Tensor:
+def _run_idm_family(y: torch.Tensor, operator: Operator, noise_sigma: float = 0.0) -> torch.Tensor:
+    """The shipped model of ``operator``; a noisy setting tells it its ``noise_sigma``
+    (:attr:`benchmarks.suite.Setting.noise_sigma`)."""
     from idm_med.pretrained import pretrained_path
 
-    return _cached_idm(str(pretrained_path(IDM_BY_OPERATOR[operator.name])))(y, operator)
+    path = str(pretrained_path(IDM_BY_OPERATOR[operator.name]))
+    return _cached_idm(path, noise_sigma)(y, operator)
 
 
 def _ablation_idm(suffix: str, label: str) -> baselines.MethodSpec:
@@ -107,8 +110,8 @@ def _ablation_idm(suffix: str, label: str) -> baselines.MethodSpec:
 
 
 @cache
-def _cached_idm(path: str):
-    return _idm_at(Path(path))
+def _cached_idm(path: str, noise_sigma: float = 0.0):
+    return _idm_at(Path(path), noise_sigma)
 
 
 #: Supervised U-Nets post-processing A†y, by operator name: the "train a reconstruction

@@ -11,6 +11,7 @@ Measurements are noiseless unless a setting adds noise (:attr:`Setting.noise`).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
@@ -51,6 +52,17 @@ class Setting:
     group: str = ""
     #: ``noise(y, seed) -> noisy y``; ``None``: noiseless measurements
     noise: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+    #: the noise level per real measurement component that methods taking a
+    #: ``noise_sigma`` parameter (IDM) are told, as a scanner's noise pre-scan would
+    noise_sigma: float = 0.0
+
+    def known_noise(self, method: str) -> dict[str, float]:
+        """``{"noise_sigma": σ}`` for a noisy setting and a method whose function takes
+        ``noise_sigma``; ``{}`` otherwise."""
+        fn = baselines.get(method).fn
+        if self.noise_sigma > 0 and "noise_sigma" in inspect.signature(fn).parameters:
+            return {"noise_sigma": self.noise_sigma}
+        return {}
 
     def measure(self, op: Operator, x: torch.Tensor, seed: int) -> torch.Tensor:
         """The measurement ``y = A x`` of one image, plus the setting's noise drawn with
@@ -174,7 +186,7 @@ def run_suite(suite: Suite, config: RunConfig, tuning: dict | None = None) -> di
         shown = {"reference": gts}
         for method in baselines.applicable(op, list(suite.methods)):
             params, tuned = method_params(suite, setting.name, method, tuning)
-            params = {**params, **config.overrides.get(method, {})}
+            params = {**params, **setting.known_noise(method), **config.overrides.get(method, {})}
             row, recs = _measure(suite, setting, op, method, params, sources)
             row["tuned"] = tuned
             rows.append(row)

@@ -47,12 +47,16 @@ def validate(suite_name: str, checkpoint: Path, size: int, max_slices: int) -> d
     """``{"per_setting": {setting: {...}}, "psnr": mean, ...}`` of ``checkpoint``."""
     suite = importlib.import_module(f"benchmarks.{suite_name}").SUITE
     tuning = load_tuning(TUNING)
-    method = make_method("idm", checkpoint=checkpoint)
+    methods: dict[float, Any] = {}  # one per noise level a setting tells IDM
     val = data.images(suite.modality, "val", size, max_slices=max_slices)
     per_setting: dict[str, Any] = {}
     for setting in suite.settings:
         op = setting.make_operator(size)
         cases = validation_cases(suite, setting, op, val)
+        sigma = setting.noise_sigma
+        if sigma not in methods:
+            methods[sigma] = make_method("idm", checkpoint=checkpoint, noise_sigma=sigma)
+        method = methods[sigma]
         scores, t0 = [], time.perf_counter()
         try:
             with torch.no_grad():

@@ -113,6 +113,15 @@ class ModelInfo:
     def multicoil(self) -> bool:
         return config_is_multicoil(self.operator)
 
+    @property
+    def noise_text(self) -> str:
+        """``"aware, σ ≤ 0.02"`` for a noise-aware model (the latest stage's training
+        noise), ``"-"`` for one trained on noiseless data."""
+        if not self.config.get("noise_aware"):
+            return "-"
+        sigma = self.training.get("measurement_noise")
+        return f"aware, σ ≤ {sigma:g}" if sigma else "aware"
+
     def summary(self) -> dict[str, str]:
         """One row of ``idm-med models`` (settings: every one the model was trained for)."""
         op = dict(self.training.get("operator") or self.operator)
@@ -137,6 +146,8 @@ class ModelInfo:
             "source": self.source,
             "operator": f"{op.get('name', '?')}{' multi-coil' if self.multicoil else ''}",
             "settings": settings or "-",
+            # --noise-sigma softens the data consistency only of noise-aware models
+            "noise": self.noise_text,
             "image size": str(size or "-"),
             "trained": _trained_text(self.stage_iterations) if self.trained else "NO (init)",
             "data": str(self.card.get("data") or self.training.get("data") or "-"),

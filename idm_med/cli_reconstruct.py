@@ -276,6 +276,15 @@ def add_reconstruction_commands(add: Callable[..., argparse.ArgumentParser]) -> 
         "model's training patch size), instead of over the whole image (faster on large "
         "images; default: the whole image)",
     )
+    rec.add_argument(
+        "--noise-sigma",
+        type=float,
+        default=0.0,
+        help="--method idm: the data's measurement noise per real component (σ/√2 for "
+        "complex k-space noise of variance σ², e.g. from a noise pre-scan); a noise-aware "
+        "model (`idm-med models` says which) then softens its data-consistency steps "
+        "instead of copying the noise into the image (default 0: hard steps)",
+    )
     _add_measurement_args(rec)
     _add_ct_geometry_args(rec)
     rec.add_argument(

@@ -187,6 +187,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         final_projection=not args.no_final_projection,
         start=args.start,
         skull_strip=args.skull_strip,
+        measurement_noise=args.measurement_noise,
+        noise_probability=args.noise_probability,
         batch_size=args.batch_size,
         data=_data_weights(args.corpus or [DEFAULT_DATA[args.operator]]),
         loop=_loop_config(args, 0.0),
@@ -390,6 +392,24 @@ def add_training_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
         metavar="P",
         help="probability that a training head (corpus MRI, or --files) is drawn "
         "skull-stripped: its brain on a zero background, as many users' scans are (default 0)",
+    )
+    tr.add_argument(
+        "--measurement-noise",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="largest measurement noise σ of training (per real measurement component, e.g. "
+        "σ/√2 for complex k-space noise of E|n|² = σ²): noisy batch items draw σ ~ U(0, "
+        "SIGMA) and an IDM model becomes noise-aware (reconstruct with --noise-sigma); "
+        "default 0, noiseless",
+    )
+    tr.add_argument(
+        "--noise-probability",
+        type=float,
+        default=0.5,
+        metavar="P",
+        help="probability that a training batch item is noisy when --measurement-noise is set "
+        "(default 0.5)",
     )
     _loop_args(tr, 1000, 5e-4, 4)
     tr.set_defaults(func=cmd_train)

@@ -41,6 +41,11 @@ class IDMMethod:
     global; ``"training"``: the checkpoint's training patch size) make inference faster:
     :meth:`idm_med.model.IDM.set_backbone_precision`, :meth:`~idm_med.model.IDM.
     set_attention_window` (the speed suite, results/speed.md, measures both).
+
+    ``noise_sigma``: the measurement noise per real component (``σ/√2`` for complex
+    k-space noise of ``E|n|² = σ²``); a noise-aware model (trained with
+    ``--measurement-noise``) then softens its data-consistency steps, other models warn
+    and ignore it.
     """
 
     def __init__(
@@ -51,6 +56,7 @@ class IDMMethod:
         inner_cg_max_iter: int | None = INNER_CG_MAX_ITER,
         precision: str = "fp32",
         attention_window: int | str | None = None,
+        noise_sigma: float = 0.0,
     ):
         from .checkpoints import ModelInfo, load_idm, resolve_checkpoint
 
@@ -66,6 +72,9 @@ class IDMMethod:
         self.model.set_attention_window(attention_window)
         self.allow_mismatch = allow_mismatch
         self.inner_cg_max_iter = inner_cg_max_iter
+        if not noise_sigma >= 0:
+            raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma}")
+        self.noise_sigma = float(noise_sigma)
         self._checked: set[int] = set()
 
     def inner_operator(self, op: Operator) -> Operator | None:
@@ -82,7 +91,8 @@ class IDMMethod:
             check_fit(self.info, dict(op.config), op.image_shape[0], self.allow_mismatch)
             self._checked.add(id(op))
         with torch.no_grad():
-            return self.model(y, op, inner_operator=self.inner_operator(op))
+            sigma = self.noise_sigma or None
+            return self.model(y, op, self.inner_operator(op), sigma)
 
 
 def make_method(
@@ -102,7 +112,8 @@ def make_method(
             the SR3 directory for ``"sr3"``.
         device: where the IDM model runs.
         allow_mismatch: run an IDM model on data it was not trained for (with a warning).
-        kwargs: :class:`IDMMethod`'s ``precision`` / ``attention_window`` for ``"idm"``;
+        kwargs: :class:`IDMMethod`'s ``precision`` / ``attention_window`` /
+            ``noise_sigma`` for ``"idm"``;
             passed to :func:`~idm_med.classical.tv_rnd_reconstruct` for ``"tv"`` and to
             :func:`~idm_med.diffusion_methods.ddnm_method` / ``sr3_method`` otherwise
             (``progress=True`` shows the iterations inside each slice).

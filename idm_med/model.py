@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Callable
 from functools import partial
@@ -56,7 +57,7 @@ from torch.utils.checkpoint import checkpoint
 from .backbones import NoiseEstimator, crop_like, pad_to_multiple, small_unet_config
 from .injectors import InjectorContext, make_injectors
 from .model_io import OPERATOR_WEIGHTS_NAME, WEIGHTS_NAME, StoredOperatorMixin
-from .operators import range_null_space_projection
+from .operators import noise_aware_projection, range_null_space_projection
 from .operators.base import check_finite
 from .reversible import (
     constrained_unit_interval,
@@ -71,6 +72,8 @@ MEMORY_MODES = ("autograd", "checkpoint", "level1", "level1+2")
 BACKBONE_PRECISIONS = ("fp32", "bf16")
 #: How ``x̂_T`` is made from ``A†y`` (the ``start`` option of :class:`IDM`).
 START_MODES = ("pinv", "noisy")
+#: σ_x of a noise-aware model is ``exp(PRIOR_SIGMA_SCALE · log_prior_sigma)``.
+PRIOR_SIGMA_SCALE = 10.0
 __all__ = ["BACKBONE_PRECISIONS", "IDM", "MEMORY_MODES", "OPERATOR_WEIGHTS_NAME", "WEIGHTS_NAME"]
 
 
@@ -105,6 +108,12 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         operator: optional operator config (``op.config``, JSON-safe) stored with
             checkpoints; used when ``forward`` gets no operator. Its tensors (explicit
             masks, coil maps) are saved in ``operator.safetensors``.
+        noise_aware: learn one prior σ_x per data-consistency step (the T steps and the
+            final one), so that ``forward(..., noise_sigma=σ_y)`` replaces each hard
+            projection by :func:`~idm_med.operators.noise_aware_projection` with weight
+            ``σ_x² / (σ_x² + σ_y²)``; ``σ_y = 0`` keeps the hard projections (and
+            ``A x̂ = y``). Trained with measurement noise (``TrainingConfig.measurement_noise``).
+        prior_sigma_init: initial σ_x of a noise-aware model.
 
     A diffusers model: ``save_pretrained`` / ``from_pretrained(dir, torch_dtype=...)`` read
     and write a diffusers model directory plus the stored operator
@@ -129,6 +138,8 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         operator: dict[str, Any] | None = None,
         final_projection: bool = True,
         start: str = "pinv",
+        noise_aware: bool = False,
+        prior_sigma_init: float = 0.02,
     ) -> None:
         super().__init__()
         if start not in START_MODES:
@@ -163,6 +174,8 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
             self.v_raw = nn.Parameter(torch.full((self.steps,), float(raw_v)))
             self.w_T = nn.Parameter(torch.ones(()))
             self.w_0 = nn.Parameter(torch.zeros(()))
+        if noise_aware:
+            self._add_prior_sigma(prior_sigma_init)
         self._operator_cache: nn.Module | None = None
         self._operator_state: dict[str, torch.Tensor] | None = None
         self.memory_mode = "autograd"
@@ -176,6 +189,72 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         if modules is not None and name in modules:
             return modules[name]
         return super().__getattr__(name)
+
+    # -- noise-aware data consistency ----------------------------------------------------
+    def _add_prior_sigma(self, init: float) -> None:
+        if not init > 0:
+            raise ValueError(f"prior_sigma_init must be > 0, got {init}")
+        # log σ_x / PRIOR_SIGMA_SCALE per data-consistency step in execution order, the
+        # final step last; the scale lets Adam, at the backbone's learning rate, move σ_x
+        # by a useful factor within one fine-tuning stage.
+        raw = math.log(init) / PRIOR_SIGMA_SCALE
+        self.log_prior_sigma = nn.Parameter(torch.full((self.steps + 1,), raw))
+
+    def enable_noise_awareness(self, prior_sigma_init: float = 0.02) -> IDM:
+        """Give a model trained on noiseless data its learnable σ_x (see ``noise_aware``),
+        to fine-tune it with measurement noise; its noiseless output is unchanged.
+        Returns ``self``."""
+        if not self.config.noise_aware:
+            self._add_prior_sigma(prior_sigma_init)
+            self.log_prior_sigma.data = self.log_prior_sigma.data.to(self.alpha_raw)
+            self.register_to_config(noise_aware=True, prior_sigma_init=prior_sigma_init)
+        return self
+
+    def prior_sigmas(self) -> torch.Tensor | None:
+        """``(T+1,)`` learned σ_x of the steps (execution order) and the final step, or
+        ``None`` for a model that is not noise-aware."""
+        if not self.config.noise_aware:
+            return None
+        return (self.log_prior_sigma * PRIOR_SIGMA_SCALE).exp()
+
+    def _consistency(
+        self,
+        index: int,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        operator: nn.Module,
+        noise_sigma: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Data-consistency step ``index`` (``T``: the final one) on ``x``: hard, or noise
+        aware for a noise-aware model given a noise level."""
+        with full_precision(x):
+            if noise_sigma is None or not self.config.noise_aware:
+                return range_null_space_projection(x, y, operator)
+            prior = (self.log_prior_sigma[index] * PRIOR_SIGMA_SCALE).exp().to(x.dtype)
+            return noise_aware_projection(x, y, operator, noise_sigma, prior)
+
+    def _noise_levels(
+        self, noise_sigma: float | torch.Tensor | None, y: torch.Tensor
+    ) -> torch.Tensor | None:
+        """``noise_sigma`` as a ``(B,)`` tensor, or ``None`` when there is no noise."""
+        if noise_sigma is None:
+            return None
+        sigma = torch.as_tensor(noise_sigma, dtype=y.dtype, device=y.device).reshape(-1)
+        if sigma.numel() == 1:
+            sigma = sigma.expand(y.shape[0])
+        if sigma.numel() != y.shape[0] or not bool(torch.isfinite(sigma).all()):
+            raise ValueError("noise_sigma must be a finite scalar or one value per batch item")
+        if bool((sigma < 0).any()):
+            raise ValueError("noise_sigma must be >= 0")
+        if not bool((sigma > 0).any()):
+            return None
+        if not self.config.noise_aware:
+            logger.warning(
+                "this IDM model was trained without measurement noise (noise_aware=False): "
+                "noise_sigma is ignored and every data-consistency step stays hard"
+            )
+            return None
+        return sigma
 
     # -- schedule & couplings ----------------------------------------------------------
     def alphas(self) -> torch.Tensor:
@@ -245,6 +324,7 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         operator: nn.Module,
         ctx: InjectorContext | None,
         level2_mode: str,
+        noise_sigma: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``F_t(x̂_t)`` for ``t = T - index``: ``(B, C, H, W) -> (B, C, H, W)``."""
         t = self.steps - index
@@ -263,8 +343,7 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
             eps = self.backbone(self._pad(x), injectors, ctx, level2_mode)
         eps = self._unpad(eps, x).to(x.dtype)
         x0 = (x - torch.sqrt(1 - abar[t]) * eps) / torch.sqrt(abar[t])
-        with full_precision(x):
-            x0 = range_null_space_projection(x0, y, operator)
+        x0 = self._consistency(index, x0, y, operator, noise_sigma)
         if t == 1:  # ᾱ_0 = 1: the output is the projected estimate (avoids d√0 = ∞)
             return x0
         return torch.sqrt(abar[t - 1]) * x0 + torch.sqrt(1 - abar[t - 1]) * eps
@@ -296,7 +375,11 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
             ) from err
 
     def coupling_inputs(
-        self, y: torch.Tensor, operator: nn.Module | None = None, level2_mode: str = "autograd"
+        self,
+        y: torch.Tensor,
+        operator: nn.Module | None = None,
+        level2_mode: str = "autograd",
+        noise_sigma: torch.Tensor | None = None,
     ) -> tuple[
         list[Callable[[torch.Tensor], torch.Tensor]],
         torch.Tensor | None,
@@ -321,7 +404,15 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
 
             ctx = InjectorContext(x_pinv=self._pad(x_pinv), AtA=row_space)
         functions = [
-            partial(self._step, i, y=y, operator=operator, ctx=ctx, level2_mode=level2_mode)
+            partial(
+                self._step,
+                i,
+                y=y,
+                operator=operator,
+                ctx=ctx,
+                level2_mode=level2_mode,
+                noise_sigma=noise_sigma,
+            )
             for i in range(self.steps)
         ]
         alpha_bar_T = self.alphas_cumprod()[self.steps]
@@ -337,6 +428,7 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         y: torch.Tensor,
         operator: nn.Module | None = None,
         inner_operator: nn.Module | None = None,
+        noise_sigma: float | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Reconstruct ``x̂`` ``(B, *operator.image_shape)`` from ``y`` ``(B, *measurement_shape)``.
 
@@ -346,6 +438,9 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         serves ``A†y``, the unrolled steps and the injectors; the final range–null-space
         step (``final_projection``; without coupling, one after the last step) uses
         ``operator``, so the output stays consistent with ``y``. Raises
+        ``noise_sigma`` (a scalar or ``(B,)``, per real measurement component as in
+        :func:`~idm_med.operators.noise_aware_projection`) makes the data-consistency steps
+        of a noise-aware model soft; other models log a warning and ignore it. Raises
         ``ValueError`` for a measurement of the wrong shape, NaN/inf in ``y`` or
         mismatched image channels.
         """
@@ -353,7 +448,8 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         self._check_mode(mode)
         level2 = "reversible" if mode == "level1+2" else "autograd"
         inner = operator if inner_operator is None else inner_operator
-        functions, v, x, h = self.coupling_inputs(y, inner, level2)
+        sigma = self._noise_levels(noise_sigma, y)
+        functions, v, x, h = self.coupling_inputs(y, inner, level2, sigma)
         if not self.coupling:
             for f in functions:
                 if mode == "checkpoint" and torch.is_grad_enabled():
@@ -361,8 +457,7 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
                 else:
                     x = f(x)
             if inner_operator is not None:  # the last step projected with the cheaper A†
-                with full_precision(x):
-                    x = range_null_space_projection(x, y, self._resolve_operator(operator))
+                x = self._consistency(self.steps, x, y, self._resolve_operator(operator), sigma)
             return x
         seq_mode = {"autograd": "autograd", "checkpoint": "checkpoint"}.get(mode, "reversible")
         params = [
@@ -375,8 +470,7 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         x0, h0 = coupled_sequence(functions, v, x, h, params, mode=seq_mode, accumulate_grad=True)
         out = x0 + self.w_0 * h0
         if self.final_projection:
-            with full_precision(out):
-                out = range_null_space_projection(out, y, self._resolve_operator(operator))
+            out = self._consistency(self.steps, out, y, self._resolve_operator(operator), sigma)
         return out
 
     # -- construction ----------------------------------------------------------------

@@ -81,7 +81,11 @@ def _method_for(fmt: str, args: argparse.Namespace, device: str, cache: dict):
         # Iterative methods show their iterations inside each slice (seconds to minutes).
         extra = {"progress": True} if args.method in ("tv", "ddnm", "sr3") else {}
         if args.method == "idm":
-            extra = {"precision": args.precision, "attention_window": args.attention_window}
+            extra = {
+                "precision": args.precision,
+                "attention_window": args.attention_window,
+                "noise_sigma": args.noise_sigma,
+            }
         cache[key] = methods.make_method(
             args.method,
             checkpoint=checkpoint,

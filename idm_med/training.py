@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,11 @@ class TrainingConfig:
     data: dict[str, float] = field(default_factory=lambda: {"mri": 1.0})
     # probability that an MRI head (corpus, or the files trained on) is drawn skull-stripped
     skull_strip: float = 0.0
+    # measurement noise: a batch item is noisy with probability noise_probability, with σ
+    # (per real measurement component) drawn uniformly from [0, measurement_noise]; an
+    # IDM model is then made noise-aware (IDM.noise_aware) and told each item's σ
+    measurement_noise: float = 0.0
+    noise_probability: float = 0.5
     loop: train_loop.LoopConfig = field(
         default_factory=lambda: train_loop.LoopConfig(learning_rate=5e-4, ema_decay=0.0)
     )
@@ -144,6 +150,10 @@ class TrainingConfig:
             injectors=self.injectors,
             start=self.start,
         )
+        model = self._make_idm(kwargs)
+        return model.enable_noise_awareness() if self.measurement_noise > 0 else model
+
+    def _make_idm(self, kwargs: dict[str, Any]) -> IDM:
         if self.init and is_idm_checkpoint(self.init):
             return _idm_from_checkpoint(self.init, **kwargs)
         if self.init:
@@ -156,6 +166,13 @@ class TrainingConfig:
         model, report = IDM.from_sd_unet(self.backbone, **kwargs)
         logger.info("backbone from %s: %s", self.backbone, {k: len(v) for k, v in report.items()})
         return model
+
+    def validate(self) -> None:
+        """Refuse settings no run can use (raised before any data is loaded)."""
+        if not (math.isfinite(self.measurement_noise) and self.measurement_noise >= 0):
+            raise ValueError(f"measurement_noise must be >= 0, got {self.measurement_noise}")
+        if not 0.0 <= self.noise_probability <= 1.0:
+            raise ValueError(f"noise_probability must lie in [0, 1], got {self.noise_probability}")
 
 
 class OperatorPool:
@@ -324,6 +341,7 @@ _OMITTED_AT_DEFAULT = {
     "start": "pinv",
     "architecture": "idm",
     "skull_strip": 0.0,
+    "measurement_noise": 0.0,
 }
 
 
@@ -333,7 +351,25 @@ def training_record(config: TrainingConfig) -> dict[str, Any]:
     for key, default in _OMITTED_AT_DEFAULT.items():
         if record[key] == default:
             del record[key]
+    if "measurement_noise" not in record:  # without noise its probability means nothing
+        del record["noise_probability"]
     return record
+
+
+def add_measurement_noise(
+    y: torch.Tensor, sigma_max: float, probability: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training noise: each batch item of ``y`` ``(B, …)`` is noisy with ``probability``,
+    with σ ~ U(0, ``sigma_max``) per real component, drawn with ``generator``. Entries that
+    are exactly zero (unmeasured k-space columns) stay zero. Returns ``(noisy y, σ (B,))``.
+    """
+    batch = y.shape[0]
+    noisy = torch.rand(batch, generator=generator) < probability
+    sigma = torch.rand(batch, generator=generator) * sigma_max * noisy
+    noise = torch.randn(y.shape, generator=generator, dtype=torch.float64).to(y)
+    sigma = sigma.to(y)
+    scale = sigma.reshape(-1, *([1] * (y.dim() - 1)))
+    return y + noise * scale * (y != 0), sigma
 
 
 def train(
@@ -350,6 +386,7 @@ def train(
     Patches come from ``sampler``, else from ``data`` (2-D arrays), else from the corpus'
     training split weighted by ``config.data``.
     """
+    config.validate()
     output = Path(output)
     if sampler is None:
         if data is not None:
@@ -380,7 +417,13 @@ def train(
         op = operators(gen).to(device=x.device, dtype=x.dtype)
         with torch.no_grad(), full_precision(x):  # CT's sparse A has no bf16 kernels
             y = op.A(x)
-        return (net(y, op) - x).abs().mean()
+        if config.measurement_noise <= 0:
+            return (net(y, op) - x).abs().mean()
+        y, sigma = add_measurement_noise(y, config.measurement_noise, config.noise_probability, gen)
+        # The supervised U-Net sees only A†y; IDM is told each item's noise level.
+        unet = config.architecture == "postprocessing_unet"
+        out = net(y, op) if unet else net(y, op, None, sigma)
+        return (out - x).abs().mean()
 
     def save(net: nn.Module, directory: Path) -> None:
         net.save_pretrained(directory, operator=operators(None))

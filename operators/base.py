@@ -226,8 +226,8 @@ def noise_aware_projection(
     x: torch.Tensor,
     y: torch.Tensor,
     operator: Operator,
-    noise_sigma: float,
-    prior_sigma: float,
+    noise_sigma: float | torch.Tensor,
+    prior_sigma: float | torch.Tensor,
 ) -> torch.Tensor:
     """Data consistency for noisy ``y = A x* + n``, ``n ~ N(0, σ_y² I)`` (``σ_y`` per real
     measurement component: ``σ/√2`` for complex k-space noise with ``E|n|² = σ²``):
@@ -237,12 +237,18 @@ def noise_aware_projection(
     posterior mean of ``x*`` given ``x`` and ``y`` when ``A Aᵀ = c P``
     (:class:`ScaledAdjointOperator`, ``c`` = ``operator.gram_scale``; 1 otherwise, the
     DDNM+ scalar approximation). ``σ_y = 0`` gives :func:`range_null_space_projection`;
-    the null-space part of ``x`` is kept in every case. Shapes as that function.
+    the null-space part of ``x`` is kept in every case. Shapes as that function;
+    ``noise_sigma`` may also be a ``(B,)`` tensor (one level per batch item) and
+    ``prior_sigma`` a scalar tensor (a learned σ_x, gradients flow through it).
     """
-    if noise_sigma < 0 or prior_sigma <= 0:
-        raise ValueError(
-            f"noise_sigma must be >= 0 and prior_sigma > 0, got {noise_sigma}, {prior_sigma}"
-        )
+    if torch.is_tensor(noise_sigma):
+        if noise_sigma.dim() not in (0, 1) or bool((noise_sigma < 0).any()):
+            raise ValueError("noise_sigma must be a scalar or (B,) tensor of values >= 0")
+        noise_sigma = noise_sigma.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+    elif noise_sigma < 0:
+        raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma}")
+    if not torch.is_tensor(prior_sigma) and prior_sigma <= 0:
+        raise ValueError(f"prior_sigma must be > 0, got {prior_sigma}")
     scale = float(getattr(operator, "gram_scale", 1.0))
     weight = prior_sigma**2 / (prior_sigma**2 + noise_sigma**2 / scale)
     return x - weight * operator.A_pinv(operator.A(x) - y)
