@@ -393,24 +393,7 @@ def add_training_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
         help="probability that a training head (corpus MRI, or --files) is drawn "
         "skull-stripped: its brain on a zero background, as many users' scans are (default 0)",
     )
-    tr.add_argument(
-        "--measurement-noise",
-        type=float,
-        default=0.0,
-        metavar="SIGMA",
-        help="largest measurement noise σ of training (per real measurement component, e.g. "
-        "σ/√2 for complex k-space noise of E|n|² = σ²): noisy batch items draw σ ~ U(0, "
-        "SIGMA) and an IDM model becomes noise-aware (reconstruct with --noise-sigma); "
-        "default 0, noiseless",
-    )
-    tr.add_argument(
-        "--noise-probability",
-        type=float,
-        default=0.5,
-        metavar="P",
-        help="probability that a training batch item is noisy when --measurement-noise is set "
-        "(default 0.5)",
-    )
+    add_noise_arguments(tr)
     _loop_args(tr, 1000, 5e-4, 4)
     tr.set_defaults(func=cmd_train)
     _PARSERS["train"] = tr
@@ -428,3 +411,27 @@ def add_training_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     _loop_args(sr3, 2000, 2e-4, 8)
     sr3.set_defaults(func=cmd_sr3)
     _PARSERS["sr3"] = sr3
+
+
+def add_noise_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--measurement-noise`` / ``--noise-probability`` (:class:`TrainingConfig`'s
+    ``measurement_noise`` / ``noise_probability``), shared by ``idm-med train`` and
+    ``scripts/train_idm.py``."""
+    parser.add_argument(
+        "--measurement-noise",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="largest measurement noise σ of training (per real measurement component, e.g. "
+        "σ/√2 for complex k-space noise of E|n|² = σ²): noisy batch items draw σ ~ U(0, "
+        "SIGMA) and an IDM model becomes noise-aware (reconstruct with --noise-sigma); "
+        "default 0, noiseless",
+    )
+    parser.add_argument(
+        "--noise-probability",
+        type=float,
+        default=0.5,
+        metavar="P",
+        help="probability that a training batch item is noisy when --measurement-noise is set "
+        "(default 0.5)",
+    )

@@ -30,6 +30,7 @@ import logging
 
 import torch
 
+from idm_med.cli_training import add_noise_arguments
 from idm_med.recipes import PRESETS, recipe
 from idm_med.training import ARCHITECTURES, train
 
@@ -102,24 +103,7 @@ def main() -> None:
         help="probability that an MRI training head is drawn skull-stripped (a brain on a "
         "zero background, as many users' data are); default 0",
     )
-    parser.add_argument(
-        "--measurement-noise",
-        type=float,
-        default=0.0,
-        metavar="SIGMA",
-        help="largest measurement noise σ of training (per real measurement component, e.g. "
-        "σ/√2 for complex k-space noise of E|n|² = σ²): noisy batch items draw σ ~ U(0, "
-        "SIGMA) and an IDM model becomes noise-aware (reconstruct with --noise-sigma); "
-        "default 0, noiseless",
-    )
-    parser.add_argument(
-        "--noise-probability",
-        type=float,
-        default=0.5,
-        metavar="P",
-        help="probability that a training batch item is noisy when --measurement-noise is set "
-        "(default 0.5)",
-    )
+    add_noise_arguments(parser)
     args = parser.parse_args()
     if args.init and args.from_scratch:
         parser.error("--init and --from-scratch exclude each other")
