@@ -230,7 +230,7 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         with full_precision(x):
             if noise_sigma is None or not self.config.noise_aware:
                 return range_null_space_projection(x, y, operator)
-            prior = (self.log_prior_sigma[index] * PRIOR_SIGMA_SCALE).exp().to(x.dtype)
+            prior = self.prior_sigmas()[index].to(x.dtype)
             return noise_aware_projection(x, y, operator, noise_sigma, prior)
 
     def _noise_levels(
@@ -437,7 +437,7 @@ class IDM(StoredOperatorMixin, ModelMixin, ConfigMixin):
         :meth:`~idm_med.operators.conjugate_gradient.CGPseudoInverse.with_cg_max_iter`),
         serves ``A†y``, the unrolled steps and the injectors; the final range–null-space
         step (``final_projection``; without coupling, one after the last step) uses
-        ``operator``, so the output stays consistent with ``y``. Raises
+        ``operator``, so the output stays consistent with ``y``.
         ``noise_sigma`` (a scalar or ``(B,)``, per real measurement component as in
         :func:`~idm_med.operators.noise_aware_projection`) makes the data-consistency steps
         of a noise-aware model soft; other models log a warning and ignore it. Raises

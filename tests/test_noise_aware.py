@@ -240,3 +240,28 @@ def test_models_list_says_which_models_are_noise_aware(tmp_path):
     op = _mri()
     _model("small", op).save_pretrained(tmp_path / "plain", operator=op)
     assert ModelInfo.read(tmp_path / "plain", "path").summary()["noise"] == "-"
+
+
+def test_run_suite_tells_only_noise_taking_methods_the_level(monkeypatch):
+    from dataclasses import replace
+
+    from benchmarks import cs
+    from benchmarks.suite import RunConfig, run_suite
+    from idm_med import baselines
+
+    told: list[float] = []
+
+    def record(y, operator, noise_sigma: float = 0.0):
+        told.append(noise_sigma)
+        return operator.A_pinv(y)
+
+    monkeypatch.setitem(
+        baselines.METHODS, "noise_probe", baselines.MethodSpec("noise_probe", record)
+    )
+    setting = replace(cs.SUITE.settings[1], noise=lambda y, seed: y, noise_sigma=0.03)
+    suite = replace(cs.SUITE, settings=(setting,), methods=("pinv", "noise_probe"))
+    config = RunConfig(size=32, max_sources=1, max_slices=1)
+    payload = run_suite(suite, config, {})
+    assert told and set(told) == {0.03}
+    params = {r["method"]: r["params"] for r in payload["rows"]}
+    assert params["noise_probe"] == {"noise_sigma": 0.03} and params["pinv"] == {}
