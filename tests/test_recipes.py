@@ -61,8 +61,14 @@ SHIPPED_RECORDS = [
     (
         "idm_cs",
         "cs",
-        "training.json",
+        "training_stage5.json",
         _stage2("idm_cs", 4, iterations=1200, mixed_precision="bf16"),
+    ),
+    (
+        "idm_cs",
+        "cs",
+        "training.json",
+        _stage2("idm_cs", 5, iterations=1200, mixed_precision="bf16"),
     ),
     ("idm_mri", "mri", "training_stage1.json", {"iterations": 600}),
     ("idm_mri", "mri", "training_stage2.json", _stage2("idm_mri", 1, mixed_precision="bf16")),
@@ -133,6 +139,12 @@ UNET_BASELINES = [
             _stage2(
                 "idm_cs",
                 4,
+                init="benchmarks/ablation_models/postprocessing_unet_cs",
+                iterations=1200,
+            ),
+            _stage2(
+                "idm_cs",
+                5,
                 init="benchmarks/ablation_models/postprocessing_unet_cs",
                 iterations=1200,
             ),
