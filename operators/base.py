@@ -101,6 +101,26 @@ class Operator(nn.Module, metaclass=ABCMeta):
         """Pseudo-inverse ``A† y``: ``(B, *measurement_shape) -> (B, *image_shape)``."""
         return self._A_pinv(self.check_measurement(y))
 
+    def A_pinv_damped(self, y: torch.Tensor, damping: float | torch.Tensor) -> torch.Tensor:
+        """Damped pseudo-inverse ``V diag(s / (s² + λ)) Uᵀ y`` for ``A = U diag(s) Vᵀ``
+        (``damping`` ``λ >= 0``, a scalar or ``(B,)`` tensor): the Tikhonov solution
+        ``argmin ‖A x − y‖² + λ ‖x‖²``, ``A† y`` at ``λ = 0``; shapes as :meth:`A_pinv`.
+
+        Exact for :class:`ScaledAdjointOperator` (``A† y · c / (c + λ)``) and for operators
+        that override :meth:`_A_pinv_damped` (multi-coil SENSE); otherwise
+        ``A† y / (1 + λ)``, which treats every singular value as 1.
+        """
+        y = self.check_measurement(y)
+        if torch.is_tensor(damping):
+            if damping.dim() not in (0, 1) or bool((damping < 0).any()):
+                raise ValueError("damping must be a scalar or (B,) tensor of values >= 0")
+        elif damping < 0:
+            raise ValueError(f"damping must be >= 0, got {damping}")
+        return self._A_pinv_damped(y, damping)
+
+    def _A_pinv_damped(self, y: torch.Tensor, damping: float | torch.Tensor) -> torch.Tensor:
+        return _scale_per_item(self._A_pinv(y), 1.0 / (1.0 + damping))
+
     def AtA(self, x: torch.Tensor) -> torch.Tensor:
         """``A† A x`` (A-dagger A): the orthogonal projection onto the row space of ``A``
         (equal to ``Aᵀ A x`` only when the rows of ``A`` are orthonormal); same shape."""
@@ -204,6 +224,17 @@ class ScaledAdjointOperator(Operator):
         x = self._At(y)
         return x if self.gram_scale == 1.0 else x / self.gram_scale
 
+    def _A_pinv_damped(self, y: torch.Tensor, damping: float | torch.Tensor) -> torch.Tensor:
+        # Every nonzero singular value is √c: s / (s² + λ) = (1 / s) · c / (c + λ).
+        return _scale_per_item(self._A_pinv(y), self.gram_scale / (self.gram_scale + damping))
+
+
+def _scale_per_item(x: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:
+    """``x · factor`` with a scalar or ``(B,)`` ``factor`` (one per batch item)."""
+    if torch.is_tensor(factor):
+        factor = factor.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+    return x * factor
+
 
 def check_finite(t: torch.Tensor, argument: str = "y") -> torch.Tensor:
     """Raise ``ValueError`` if ``t`` holds NaN or ±inf (one host sync on a GPU); returns
@@ -231,27 +262,28 @@ def noise_aware_projection(
 ) -> torch.Tensor:
     """Data consistency for noisy ``y = A x* + n``, ``n ~ N(0, σ_y² I)`` (``σ_y`` per real
     measurement component: ``σ/√2`` for complex k-space noise with ``E|n|² = σ²``):
-    ``x − λ A†(A x − y)`` with ``λ = σ_x² / (σ_x² + σ_y² / c)``.
+    ``x − A_λ(A x − y)`` with the damped inverse ``A_λ`` of :meth:`Operator.A_pinv_damped`,
+    ``λ = σ_y² / σ_x²``.
 
     With the estimate ``x`` modelled as ``x* + e``, ``e ~ N(0, σ_x² I)``, this is the
-    posterior mean of ``x*`` given ``x`` and ``y`` when ``A Aᵀ = c P``
-    (:class:`ScaledAdjointOperator`, ``c`` = ``operator.gram_scale``; 1 otherwise, the
-    DDNM+ scalar approximation). ``σ_y = 0`` gives :func:`range_null_space_projection`;
-    the null-space part of ``x`` is kept in every case. Shapes as that function;
-    ``noise_sigma`` may also be a ``(B,)`` tensor (one level per batch item) and
-    ``prior_sigma`` a scalar tensor (a learned σ_x, gradients flow through it).
+    posterior mean of ``x*`` given ``x`` and ``y`` wherever ``A_λ`` is exact: per singular
+    value the step is weighted by ``s² σ_x² / (s² σ_x² + σ_y²)``, so for ``A Aᵀ = c P``
+    (:class:`ScaledAdjointOperator`) it is ``x − σ_x² / (σ_x² + σ_y² / c) · A†(A x − y)``;
+    operators without an exact ``A_λ`` take the DDNM+ scalar approximation (``c = 1``).
+    ``σ_y = 0`` gives :func:`range_null_space_projection`; the null-space part of ``x`` is
+    kept in every case. Shapes as that function; ``noise_sigma`` may also be a ``(B,)``
+    tensor (one level per batch item) and ``prior_sigma`` a scalar tensor (a learned σ_x,
+    gradients flow through it).
     """
     if torch.is_tensor(noise_sigma):
         if noise_sigma.dim() not in (0, 1) or bool((noise_sigma < 0).any()):
             raise ValueError("noise_sigma must be a scalar or (B,) tensor of values >= 0")
-        noise_sigma = noise_sigma.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        noise_sigma = noise_sigma.to(x.dtype)
     elif noise_sigma < 0:
         raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma}")
     if not torch.is_tensor(prior_sigma) and prior_sigma <= 0:
         raise ValueError(f"prior_sigma must be > 0, got {prior_sigma}")
-    scale = float(getattr(operator, "gram_scale", 1.0))
-    weight = prior_sigma**2 / (prior_sigma**2 + noise_sigma**2 / scale)
-    return x - weight * operator.A_pinv(operator.A(x) - y)
+    return x - operator.A_pinv_damped(operator.A(x) - y, noise_sigma**2 / prior_sigma**2)
 
 
 def _check(t: torch.Tensor, shape: tuple[int, ...], argument: str, what: str) -> torch.Tensor:

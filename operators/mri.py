@@ -35,7 +35,7 @@ import torch
 from .base import ScaledAdjointOperator, check_image_size
 from .mri_masks import MaskSeed, check_seed, mask_func
 from .registry import register_operator
-from .sense import apply_sense_pinv, sense_pinv_factor
+from .sense import SenseRowSVD, apply_sense_pinv, sense_row_svd
 
 _FFT_DIMS = (-2, -1)
 
@@ -172,7 +172,7 @@ class MRI(ScaledAdjointOperator):
             "explicit_mask": False,
             "pinv_rtol": float(pinv_rtol),
         }
-        self._factor: torch.Tensor | None = None
+        self._svd: SenseRowSVD | None = None
         self.register_buffer("mask", torch.zeros(width, dtype=torch.bool))
         self.register_buffer("coil_maps", None)
         if coil_maps is None and num_coils is not None:
@@ -217,7 +217,7 @@ class MRI(ScaledAdjointOperator):
             self._missing.discard("mask")
         if coil_maps is not _UNSET:
             self._set_coil_maps(coil_maps, height, width)
-        self._factor = None
+        self._svd = None
         return self
 
     def resample(self, seed: int) -> MRI:
@@ -241,7 +241,7 @@ class MRI(ScaledAdjointOperator):
         self._config["num_coils"] = int(maps.shape[0])
 
     def _after_state_loaded(self) -> None:
-        self._factor = None
+        self._svd = None
 
     # -- diagnostics -----------------------------------------------------------------
     @property
@@ -298,20 +298,29 @@ class MRI(ScaledAdjointOperator):
             z = (self._maps(dtype).conj() * z).sum(dim=1)
         return complex_to_channels(z).to(y.dtype)
 
-    def sense_factor(self) -> torch.Tensor:
-        """The cached per-row pseudo-inverse ``(H, W, Ncoil·|M|)`` complex128, built on
-        first use and after every :meth:`update` (see :mod:`idm_med.operators.sense`)."""
+    def sense_svd(self) -> SenseRowSVD:
+        """The cached row SVDs of SENSE, built on first use and after every :meth:`update`
+        (see :mod:`idm_med.operators.sense`)."""
         if not self.multicoil:
-            raise ValueError("sense_factor needs coil maps (multi-coil operator)")
-        if self._factor is None or self._factor.device != self.mask.device:
+            raise ValueError("sense_svd needs coil maps (multi-coil operator)")
+        if self._svd is None or self._svd.s.device != self.mask.device:
             maps = self._maps(torch.float64)
-            self._factor = sense_pinv_factor(maps, self.mask, self._config["pinv_rtol"])
-        return self._factor
+            self._svd = sense_row_svd(maps, self.mask, self._config["pinv_rtol"])
+        return self._svd
+
+    def _sense_solve(self, y: torch.Tensor, damping: float | torch.Tensor | None) -> torch.Tensor:
+        k = channels_to_complex(y.to(torch.float64))
+        if damping is not None and not torch.is_tensor(damping):
+            damping = torch.tensor(float(damping), dtype=torch.float64)
+        z = apply_sense_pinv(k, self.sense_svd().to(k.device), self.mask, damping)
+        return complex_to_channels(z).to(y.dtype)
 
     def _A_pinv(self, y: torch.Tensor) -> torch.Tensor:
         if not self.multicoil:
             return super()._A_pinv(y)  # A is a partial isometry: A† = Aᴴ
-        factor = self.sense_factor()
-        k = channels_to_complex(y.to(torch.float64))
-        z = apply_sense_pinv(k, factor.to(k.device), self.mask)
-        return complex_to_channels(z).to(y.dtype)
+        return self._sense_solve(y, None)
+
+    def _A_pinv_damped(self, y: torch.Tensor, damping: float | torch.Tensor) -> torch.Tensor:
+        if not self.multicoil:
+            return super()._A_pinv_damped(y, damping)
+        return self._sense_solve(y, damping)

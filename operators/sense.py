@@ -23,17 +23,26 @@ image, so the fastMRI pipeline uses a larger cutoff
 (:data:`idm_med.acquisition.mri.MEASURED_SENSE_RTOL`). ``A†A`` is an exact orthogonal
 projection at any cutoff.
 
-Cost: the factor ``(H, W, N_c K)`` complex128 (``16 H W N_c K`` bytes, ~570 MB at 256²,
-8 coils, 4×) is built once per mask and coil maps (``H`` SVDs of ``N_c K × n_h``, with
-``n_h ≤ W`` the columns of row ``h`` where some coil is sensitive: 13 s instead of 72 s on
-one core for a 256² ESPIRiT slice at 4×, whose maps vanish outside the head); each
-application is one FFT along ``H`` and one batched matrix–vector product. The map is
-linear, so autograd differentiates it exactly.
+Noisy data: the posterior mean of ``x*`` given ``y = A x* + n`` (``n ~ N(0, σ_y² I)``)
+and an estimate ``x = x* + e`` (``e ~ N(0, σ_x² I)``) is ``x − A_λ(A x − y)`` with the
+damped inverse ``A_λ = V diag(s / (s² + λ)) Uᴴ``, ``λ = σ_y² / σ_x²``: directions the
+coils barely see (small ``s``, high g-factor) are trusted less than the estimate, instead
+of having their noise amplified by ``1 / s``. The same SVD serves every ``λ``
+(:func:`apply_sense_pinv` with ``damping``); ``λ = 0`` is ``A†``.
+
+Cost: the row SVDs are kept, ``U`` ``(H, N_c K, n)`` and ``V`` ``(H, W, n)`` complex128
+with ``n ≤ W`` the widest support (~0.6 GB at 256², 8 coils, 4×), built once per mask and
+coil maps (``H`` SVDs of ``N_c K × n_h``, with ``n_h ≤ W`` the columns of row ``h`` where
+some coil is sensitive: 13 s instead of 72 s on one core for a 256² ESPIRiT slice at 4×,
+whose maps vanish outside the head); each application is one FFT along ``H`` and two
+batched matrix–vector products. The map is linear, so autograd differentiates it
+exactly.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -72,8 +81,39 @@ def restricted_systems(
     return blocks.reshape(len(rows), n_coils * len(columns), index.shape[1])
 
 
-def sense_pinv_factor(maps: torch.Tensor, mask: torch.Tensor, rtol: float) -> torch.Tensor:
-    """``E_h^†`` for every row, ``(H, W, N_c K)`` complex128 (see the module docstring).
+@dataclass(frozen=True)
+class SenseRowSVD:
+    """The blocks of SENSE row by row, ``E_h = U_h diag(s_h) V_hᴴ`` (zero-padded to the
+    widest support ``n``).
+
+    Attributes:
+        u: left singular vectors ``(H, N_c K, n)`` complex128.
+        s: kept singular values ``(H, n)`` float64; 0 where dropped by the cutoff or padding.
+        v: right singular vectors scattered to the image columns, ``(H, W, n)`` complex128.
+    """
+
+    u: torch.Tensor
+    s: torch.Tensor
+    v: torch.Tensor
+
+    def to(self, device: torch.device) -> SenseRowSVD:
+        return SenseRowSVD(self.u.to(device), self.s.to(device), self.v.to(device))
+
+    def inverse_gains(self, damping: torch.Tensor | None = None) -> torch.Tensor:
+        """``s / (s² + λ)`` per kept singular value and 0 elsewhere: ``1 / s`` (``A†``)
+        for ``damping`` ``λ`` = ``None`` or 0, ``(H, n)``; ``(B, H, n)`` for a ``(B,)``
+        ``λ``. Differentiable in ``λ``."""
+        kept = self.s > 0
+        s = torch.where(kept, self.s, torch.ones_like(self.s))  # no 0/0 in either branch
+        if damping is None:
+            return torch.where(kept, 1.0 / s, torch.zeros_like(s))
+        damping = damping.to(s.dtype).reshape(-1, 1, 1)
+        return torch.where(kept, s / (s**2 + damping), torch.zeros_like(s))
+
+
+def sense_row_svd(maps: torch.Tensor, mask: torch.Tensor, rtol: float) -> SenseRowSVD:
+    """The SVD of every row's block (see the module docstring), singular values
+    ``<= rtol · σ_max`` (over all rows) set to zero.
 
     Each row's system is restricted to its support (:func:`_supports`), so the SVD cost
     falls with the square of the object's width. Rows are factorised in chunks of similar
@@ -83,45 +123,56 @@ def sense_pinv_factor(maps: torch.Tensor, mask: torch.Tensor, rtol: float) -> to
     Args:
         maps: coil sensitivities ``(N_c, H, W)`` complex.
         mask: bool ``(W,)`` sampled columns.
-        rtol: singular values ``<= rtol · σ_max`` (over all rows) are treated as zero.
+        rtol: relative cutoff of the kept singular values.
     """
     maps = maps.to(torch.complex128)
     columns = torch.nonzero(mask.to(maps.device)).flatten()
     n_coils, height, width = maps.shape
-    factor = maps.new_zeros(height, width, n_coils * len(columns))
     supports = _supports(maps)
     rows = sorted((h for h in range(height) if len(supports[h])), key=lambda h: len(supports[h]))
-    if len(columns) == 0 or not rows:
-        return factor
+    widest = max((len(supports[h]) for h in rows), default=0)
+    rank = min(widest, n_coils * len(columns))
+    u = maps.new_zeros(height, n_coils * len(columns), rank)
+    s = torch.zeros(height, rank, dtype=torch.float64, device=maps.device)
+    v = maps.new_zeros(height, width, rank)
+    if rank == 0:
+        return SenseRowSVD(u, s, v)
     # Chunks of rows, so a large factorisation (seconds at 256² on a CPU) shows progress.
     chunks = [rows[i : i + 16] for i in range(0, len(rows), 16)]
-    parts = []
     for chunk in tqdm(chunks, desc="SENSE factor", leave=False, disable=len(chunks) < 8):
         index = torch.full((len(chunk), len(supports[chunk[-1]])), width, device=maps.device)
         for i, h in enumerate(chunk):
             index[i, : len(supports[h])] = supports[h]
-        systems = restricted_systems(maps, columns, chunk, index)
-        parts.append((chunk, torch.linalg.svd(systems, full_matrices=False)))
-    cutoff = rtol * max(float(svd[1].max()) for _, svd in parts)
-    kept = 0
-    for chunk, (u, s, vh) in parts:
-        inverse = torch.where(s > cutoff, 1.0 / s.clamp_min(torch.finfo(s.dtype).tiny), 0.0)
-        kept += int((s > cutoff).sum())
-        block = (vh.mH * inverse.to(vh.dtype)[:, None, :]) @ u.mH  # (R, n, N_c K)
+        cu, cs, cvh = torch.linalg.svd(
+            restricted_systems(maps, columns, chunk, index), full_matrices=False
+        )
+        r = cs.shape[-1]
         for i, h in enumerate(chunk):
-            factor[h, supports[h]] = block[i, : len(supports[h])]
-    logger.debug("SENSE factor: %d rows with support of %d, %d σ kept", len(rows), height, kept)
-    return factor
+            u[h, :, :r], s[h, :r] = cu[i], cs[i]
+            v[h, supports[h], :r] = cvh[i].mH[: len(supports[h])]
+    cutoff = rtol * float(s.max())
+    s = torch.where(s > cutoff, s, torch.zeros_like(s))
+    logger.debug("SENSE factor: %d rows with support, %d σ kept", len(rows), int((s > 0).sum()))
+    return SenseRowSVD(u, s, v)
 
 
-def apply_sense_pinv(k: torch.Tensor, factor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def apply_sense_pinv(
+    k: torch.Tensor,
+    svd: SenseRowSVD,
+    mask: torch.Tensor,
+    damping: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``A† y`` for zero-filled multi-coil k-space ``k`` ``(B, N_c, H, W)`` complex128
-    given :func:`sense_pinv_factor`; returns ``(B, H, W)`` complex128. Entries of ``k`` in
-    unsampled columns are ignored (they are orthogonal to the range of ``A``)."""
+    given :func:`sense_row_svd`, or with ``damping`` ``λ`` (a scalar or ``(B,)`` tensor) the
+    damped inverse ``V diag(s / (s² + λ)) Uᴴ`` row by row; returns ``(B, H, W)``
+    complex128. Entries of ``k`` in unsampled columns are ignored (they are orthogonal to
+    the range of ``A``)."""
     batch, n_coils, height, _ = k.shape
     k = torch.fft.ifftshift(k, dim=-2)
     k = torch.fft.ifft(k, dim=-2, norm="ortho")
     k = torch.fft.fftshift(k, dim=-2)
     b = k[..., mask.to(k.device)]  # (B, N_c, H, K)
     b = b.permute(0, 2, 1, 3).reshape(batch, height, -1)  # (B, H, N_c K)
-    return torch.einsum("hwm,bhm->bhw", factor, b)
+    coefficients = torch.einsum("hmn,bhm->bhn", svd.u.conj(), b)
+    coefficients = coefficients * svd.inverse_gains(damping).to(coefficients.dtype)
+    return torch.einsum("hwn,bhn->bhw", svd.v, coefficients)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from idm_med.operators import make_operator
+from idm_med.operators import make_operator, noise_aware_projection
 from idm_med.operators.mri import MRI, channels_to_complex, complex_to_channels, fft2c, ifft2c
 from idm_med.operators.mri_masks import (
     EquiSpacedMaskFunc,
@@ -420,9 +420,39 @@ def test_sense_pinv_gradcheck():
     assert torch.autograd.gradcheck(op.A_pinv, (y,), eps=1e-6, atol=1e-7)
 
 
+def test_sense_damped_pinv_gradcheck_in_the_damping():
+    """A learned σ_x reaches SENSE's damped inverse through λ = σ_y² / σ_x²: autograd's
+    gradients in y and λ match finite differences."""
+    op = sense_op(size=8, coils=2, center_fraction=0.25)
+    y = torch.randn(2, *op.measurement_shape, dtype=torch.float64, requires_grad=True)
+    damping = torch.tensor([0.02, 0.5], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(op.A_pinv_damped, (y, damping), eps=1e-6, atol=1e-7)
+
+
+def test_noise_aware_sense_step_beats_the_scalar_weight():
+    """With SENSE's singular values far from 1, the exact posterior-mean step (one weight
+    per singular value) has a lower error than one weight for all (DDNM+'s)."""
+    op = sense_op(size=32, coils=4, acceleration=4, center_fraction=0.08)
+    prior_sigma, noise_sigma = 0.05, 0.02
+    g = torch.Generator().manual_seed(0)
+    x_true = torch.randn(8, *op.image_shape, generator=g, dtype=torch.float64)
+    estimate = x_true + prior_sigma * torch.randn(x_true.shape, generator=g, dtype=torch.float64)
+    noise = noise_sigma * torch.randn(8, *op.measurement_shape, generator=g, dtype=torch.float64)
+    y = op.A(x_true) + op.A(op.A_pinv(noise))  # noise in the range of A, as measured data
+    residual = op.A(estimate) - y
+    exact = noise_aware_projection(estimate, y, op, noise_sigma, prior_sigma)
+    weight = prior_sigma**2 / (prior_sigma**2 + noise_sigma**2)
+    scalar = estimate - weight * op.A_pinv(residual)
+    hard = estimate - op.A_pinv(residual)
+    errors = [float((z - x_true).pow(2).mean()) for z in (exact, scalar, hard)]
+    assert errors[0] < 0.9 * errors[1] and errors[1] < errors[2], errors
+
+
 def test_sense_state():
     op = sense_op(size=16, coils=2, seed=seed_from_filename("file9.h5"))
     assert set(op.state_dict()) == {"mask", "coil_maps"}
-    assert op.sense_factor().shape == (16, 16, 2 * int(op.mask.sum()))
+    svd = op.sense_svd()
+    rank = svd.s.shape[1]
+    assert svd.u.shape == (16, 2 * int(op.mask.sum()), rank) and svd.v.shape == (16, 16, rank)
     with pytest.raises(ValueError, match="coil maps"):
-        MRI(16).sense_factor()
+        MRI(16).sense_svd()

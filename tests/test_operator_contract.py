@@ -115,6 +115,27 @@ def test_pinv_float32_accuracy(name, kwargs, device):
 
 
 @pytest.mark.parametrize("name,kwargs", CASES)
+def test_damped_pinv_solves_the_tikhonov_problem(name, kwargs, device):
+    """``A_λ y`` minimises ‖A x − y‖² + λ‖x‖²: ``(AᵀA + λ I) x = Aᵀ y``, for a scalar λ and
+    one λ per batch item; λ = 0 is ``A†``. CT's is the documented ``A† y / (1 + λ)``."""
+    op = build(name, kwargs, device=device)
+    _, y = random_pair(op, device=device)
+    assert rel_err(op.A_pinv_damped(y, 0.0), op.A_pinv(y)) < 1e-12
+    levels = torch.tensor([0.05, 0.7], dtype=torch.float64, device=device)
+    batched = op.A_pinv_damped(y, levels)
+    for i, level in enumerate(levels.tolist()):
+        one = op.A_pinv_damped(y[i : i + 1], level)
+        assert rel_err(batched[i : i + 1], one) < 1e-12
+        if is_iterative(name, kwargs):
+            assert rel_err(one, op.A_pinv(y[i : i + 1]) / (1 + level)) < 1e-12
+        else:
+            normal = op.At(op.A(one)) + level * one
+            assert rel_err(normal, op.At(y[i : i + 1])) < 1e-6
+    with pytest.raises(ValueError, match="damping"):
+        op.A_pinv_damped(y, -0.1)
+
+
+@pytest.mark.parametrize("name,kwargs", CASES)
 def test_range_null_space_projection_is_data_consistent(name, kwargs, device):
     """The DDNM/IDM step x − A†(A x − y) matches the data and keeps the null-space part."""
     op = build(name, kwargs, device=device)
