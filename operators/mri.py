@@ -310,8 +310,6 @@ class MRI(ScaledAdjointOperator):
 
     def _sense_solve(self, y: torch.Tensor, damping: float | torch.Tensor | None) -> torch.Tensor:
         k = channels_to_complex(y.to(torch.float64))
-        if damping is not None and not torch.is_tensor(damping):
-            damping = torch.tensor(float(damping), dtype=torch.float64)
         z = apply_sense_pinv(k, self.sense_svd().to(k.device), self.mask, damping)
         return complex_to_channels(z).to(y.dtype)
 

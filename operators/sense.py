@@ -99,7 +99,7 @@ class SenseRowSVD:
     def to(self, device: torch.device) -> SenseRowSVD:
         return SenseRowSVD(self.u.to(device), self.s.to(device), self.v.to(device))
 
-    def inverse_gains(self, damping: torch.Tensor | None = None) -> torch.Tensor:
+    def inverse_gains(self, damping: float | torch.Tensor | None = None) -> torch.Tensor:
         """``s / (s² + λ)`` per kept singular value and 0 elsewhere: ``1 / s`` (``A†``)
         for ``damping`` ``λ`` = ``None`` or 0, ``(H, n)``; ``(B, H, n)`` for a ``(B,)``
         ``λ``. Differentiable in ``λ``."""
@@ -107,7 +107,7 @@ class SenseRowSVD:
         s = torch.where(kept, self.s, torch.ones_like(self.s))  # no 0/0 in either branch
         if damping is None:
             return torch.where(kept, 1.0 / s, torch.zeros_like(s))
-        damping = damping.to(s.dtype).reshape(-1, 1, 1)
+        damping = torch.as_tensor(damping, dtype=s.dtype, device=s.device).reshape(-1, 1, 1)
         return torch.where(kept, s / (s**2 + damping), torch.zeros_like(s))
 
 
@@ -160,7 +160,7 @@ def apply_sense_pinv(
     k: torch.Tensor,
     svd: SenseRowSVD,
     mask: torch.Tensor,
-    damping: torch.Tensor | None = None,
+    damping: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``A† y`` for zero-filled multi-coil k-space ``k`` ``(B, N_c, H, W)`` complex128
     given :func:`sense_row_svd`, or with ``damping`` ``λ`` (a scalar or ``(B,)`` tensor) the
