@@ -41,7 +41,8 @@ _FASTMRI_CENTER = {"center_fraction": [0.04, 0.08]}
 _SKULL_STRIPPED = {"operator": _FASTMRI_CENTER, "skull_strip": 0.5}
 
 #: MRI's seventh stage also draws measurement noise (``--measurement-noise 0.02``: half of
-#: the batch items noisy, σ ~ U(0, 0.02)), and the model learns its prior σ_x per step.
+#: the batch items noisy, σ ~ U(0, 0.02)), and the model learns its prior σ_x per step;
+#: its eighth stage repeats that recipe with the next seed.
 _NOISY_SKULL_STRIPPED = {**_SKULL_STRIPPED, "measurement_noise": 0.02}
 
 #: (model, modality, record in its directory, the recipe options that made it). Models
@@ -103,8 +104,14 @@ SHIPPED_RECORDS = [
     (
         "idm_mri",
         "mri",
-        "training.json",
+        "training_stage7.json",
         _stage2("idm_mri", 6, iterations=1500, mixed_precision="bf16", **_NOISY_SKULL_STRIPPED),
+    ),
+    (
+        "idm_mri",
+        "mri",
+        "training.json",
+        _stage2("idm_mri", 7, iterations=1500, mixed_precision="bf16", **_NOISY_SKULL_STRIPPED),
     ),
     ("idm_ct", "ct", "training_stage1.json", {"iterations": 1200, **_CT_DATA}),
     (
@@ -183,6 +190,13 @@ UNET_BASELINES = [
             _stage2(
                 "idm_mri",
                 6,
+                init="benchmarks/ablation_models/postprocessing_unet_mri",
+                iterations=1500,
+                **_NOISY_SKULL_STRIPPED,
+            ),
+            _stage2(
+                "idm_mri",
+                7,
                 init="benchmarks/ablation_models/postprocessing_unet_mri",
                 iterations=1500,
                 **_NOISY_SKULL_STRIPPED,
